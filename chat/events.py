@@ -1,0 +1,75 @@
+"""Events of a conversation and their Server-Sent Events wire form. Standard library only.
+
+An event's id is the id its conversation's event log gave it: ``"<ms>-<n>"``,
+increasing within a conversation (a Redis Stream entry id, or the same shape
+from the in-process log).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+MESSAGE_CREATED = "message.created"
+MESSAGE_DELTA = "message.delta"
+MESSAGE_SNAPSHOT = "message.snapshot"
+MESSAGE_COMPLETED = "message.completed"
+MESSAGE_FAILED = "message.failed"
+MESSAGE_CANCELLED = "message.cancelled"
+MESSAGE_INTERRUPTED = "message.interrupted"
+CONVERSATION_UPDATED = "conversation.updated"
+RESYNC = "resync"
+# Internal: logged so every stream sees it in order, never sent to a client.
+CONVERSATION_DELETED = "conversation.deleted"
+
+FINAL_EVENTS = {
+    "complete": MESSAGE_COMPLETED,
+    "failed": MESSAGE_FAILED,
+    "cancelled": MESSAGE_CANCELLED,
+    "interrupted": MESSAGE_INTERRUPTED,
+}
+
+HEARTBEAT = b": ping\n\n"
+
+
+def retry_frame(milliseconds: int) -> bytes:
+    return f"retry: {milliseconds}\n\n".encode()
+
+
+def dumps(data: dict) -> str:
+    """Compact JSON on one line (JSON escapes newlines, so it fits one ``data:`` line)."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_id(event_id: str) -> tuple[int, int]:
+    """``"<ms>-<n>"`` as a comparable pair; ValueError if malformed."""
+    ms, sep, n = event_id.partition("-")
+    if not sep or not ms.isdigit() or not n.isdigit() or len(event_id) > 40:
+        raise ValueError(f"not an event id: {event_id!r}")
+    return int(ms), int(n)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One logged event: ``data`` is its JSON text, encoded once for every viewer."""
+
+    id: str
+    type: str
+    data: str
+    prev: str = "0-0"
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return parse_id(self.id)
+
+    def frame(self) -> bytes:
+        return f"id: {self.id}\nevent: {self.type}\ndata: {self.data}\n\n".encode()
+
+    def payload(self) -> dict:
+        return json.loads(self.data)
+
+
+def frame(event_type: str, data: dict, event_id: str | None = None) -> bytes:
+    """An event that is not in the log (a snapshot, resync), encoded for the wire."""
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event_type}\ndata: {dumps(data)}\n\n".encode()

@@ -1,0 +1,50 @@
+"""``manage.py serve [daphne options]``: daphne, plus this product's process start-up and shutdown.
+
+Daphne sends no lifespan events, so this command starts the reaper as soon as
+the reactor runs, and on SIGTERM/SIGINT ends this process's generations as
+``interrupted`` (content kept, viewers told) before the reactor stops.
+"""
+
+import asyncio
+import sys
+
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Serve the app with daphne (all daphne options pass through; default 127.0.0.1:8000)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("daphne_args", nargs="*", help="daphne options, e.g. -b 0.0.0.0 -p 8000")
+
+    def run_from_argv(self, argv):
+        # Pass everything after "serve" to daphne untouched (its options start with "-").
+        self.execute(daphne_args=argv[2:])
+
+    def handle(self, *args, daphne_args, **options):
+        from daphne.cli import CommandLineInterface
+        from daphne.server import Server
+        from twisted.internet import defer, reactor
+
+        from chat import streaming
+
+        class ChatServer(Server):
+            def run(self):
+                reactor.callWhenRunning(lambda: asyncio.get_event_loop().call_soon(streaming.ensure_background))
+                reactor.addSystemEventTrigger(
+                    "before",
+                    "shutdown",
+                    lambda: defer.Deferred.fromFuture(asyncio.ensure_future(streaming.shutdown())),
+                )
+                super().run()
+
+        class ChatCLI(CommandLineInterface):
+            server_class = ChatServer
+
+        args = list(daphne_args)
+        if not any(a in ("-b", "--bind") or a.startswith("--bind=") for a in args) and not any(
+            a in ("-u", "--unix-socket", "--fd", "-e", "--endpoint") for a in args
+        ):
+            args += ["-b", "127.0.0.1"]
+        ChatCLI().run([*args, "config.asgi:application"])
+        sys.exit(0)

@@ -1,0 +1,140 @@
+"""Conversations and their messages: data and invariants only.
+
+Side effects (events, generations, timestamps) live in ``chat.services``.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+TITLE_MAX_LENGTH = 200
+MODEL_MAX_LENGTH = 200
+SYSTEM_PROMPT_MAX_LENGTH = 20_000
+
+
+class Conversation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=TITLE_MAX_LENGTH, blank=True)
+    model = models.CharField(max_length=MODEL_MAX_LENGTH)
+    system_prompt = models.TextField(blank=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="shared_conversations", blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Bumped by the services whenever the conversation or its messages change.
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [
+            models.Index(fields=["owner", "-updated_at"], name="conversation_owner_recent"),
+            models.Index(fields=["-updated_at"], name="conversation_recent"),
+            models.Index(fields=["model"], name="conversation_model"),
+        ]
+
+    def __str__(self):
+        return self.title or f"Conversation {self.id}"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        COMPLETE = "complete"
+        STREAMING = "streaming"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        INTERRUPTED = "interrupted"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    # Null for the assistant (and for a user message whose author was deleted).
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
+    )
+    content = models.TextField(blank=True)
+    reasoning = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    model = models.CharField(max_length=MODEL_MAX_LENGTH, blank=True, null=True)
+    # Usage exactly as the provider reported it; null = it reported none.
+    prompt_tokens = models.IntegerField(null=True, blank=True)
+    completion_tokens = models.IntegerField(null=True, blank=True)
+    total_tokens = models.IntegerField(null=True, blank=True)
+    finish_reason = models.CharField(max_length=64, null=True, blank=True)
+    error_code = models.CharField(max_length=64, null=True, blank=True)
+    error_message = models.TextField(null=True, blank=True)
+    # Number of deltas the stored content runs through (the checkpoint's seq).
+    seq = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(role__in=["user", "assistant"]), name="message_role_valid"),
+            models.CheckConstraint(
+                condition=Q(status__in=["complete", "streaming", "failed", "cancelled", "interrupted"]),
+                name="message_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(prompt_tokens__isnull=True) | Q(prompt_tokens__gte=0), name="message_prompt_tokens_gte_0"
+            ),
+            models.CheckConstraint(
+                condition=Q(completion_tokens__isnull=True) | Q(completion_tokens__gte=0),
+                name="message_completion_tokens_gte_0",
+            ),
+            models.CheckConstraint(
+                condition=Q(total_tokens__isnull=True) | Q(total_tokens__gte=0), name="message_total_tokens_gte_0"
+            ),
+            models.CheckConstraint(
+                condition=Q(role="user") | Q(author__isnull=True), name="message_assistant_has_no_author"
+            ),
+            models.CheckConstraint(
+                condition=Q(role="assistant") | Q(status="complete"), name="message_user_is_complete"
+            ),
+            # Only a streaming message lacks completed_at.
+            models.CheckConstraint(
+                condition=Q(status="streaming", completed_at__isnull=True)
+                | (~Q(status="streaming") & Q(completed_at__isnull=False)),
+                name="message_completed_at_iff_final",
+            ),
+            # One generation per conversation at a time.
+            models.UniqueConstraint(
+                fields=["conversation"],
+                condition=Q(status="streaming"),
+                name="message_one_streaming_per_conversation",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["conversation", "created_at"], name="message_transcript"),
+            models.Index(fields=["created_at"], name="message_created"),
+            models.Index(fields=["author", "created_at"], name="message_author_created"),
+            models.Index(fields=["model", "created_at"], name="message_model_created"),
+            models.Index(fields=["status"], name="message_streaming", condition=Q(status="streaming")),
+        ]
+
+    def __str__(self):
+        return f"{self.role} message {self.id} ({self.status})"
+
+    @property
+    def usage(self):
+        if self.prompt_tokens is None and self.completion_tokens is None and self.total_tokens is None:
+            return None
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+    @property
+    def error(self):
+        if not self.error_code:
+            return None
+        return {"code": self.error_code, "message": self.error_message or ""}

@@ -1,0 +1,128 @@
+"""Reads. Who may see a conversation is decided here, in ``conversation_queryset_for_user``, and nowhere else."""
+
+import uuid
+from datetime import timedelta
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db.models import Exists, OuterRef, Prefetch, Q
+from django.utils import timezone
+
+from .errors import NotFound
+from .models import Conversation, Message
+
+
+def conversation_queryset_for_user(*, user):
+    """Conversations ``user`` may see: those they own or are a member of.
+
+    The one visibility rule of the product: every view, event stream and
+    action goes through it. Anonymous or inactive users see nothing.
+    """
+    if not user.is_authenticated or not user.is_active:
+        return Conversation.objects.none()
+    membership = Conversation.members.through.objects.filter(conversation_id=OuterRef("pk"), user_id=user.pk)
+    return Conversation.objects.filter(Q(owner_id=user.pk) | Exists(membership))
+
+
+def _with_people(queryset):
+    return queryset.select_related("owner").prefetch_related(
+        Prefetch("members", queryset=Conversation.members.rel.model.objects.only("id", "username"))
+    )
+
+
+def conversation_list_for_user(*, user, title_contains: str = ""):
+    """The user's conversations, owned and shared, most recently updated first (2 queries)."""
+    queryset = conversation_queryset_for_user(user=user)
+    if title_contains:
+        queryset = queryset.filter(title__icontains=title_contains)
+    return list(_with_people(queryset).order_by("-updated_at", "-created_at"))
+
+
+def _parse_uuid(value) -> uuid.UUID:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        raise NotFound("No such conversation.", code="conversation_not_found") from None
+
+
+def conversation_get_for_user(*, user, conversation_id):
+    """The conversation with owner and members loaded, if ``user`` may see it.
+
+    Raises NotFound otherwise (also for a malformed id), never revealing that
+    it exists. Ownership for owner-only actions is checked by the services.
+    """
+    conversation_id = _parse_uuid(conversation_id)
+    queryset = conversation_queryset_for_user(user=user)
+    try:
+        return _with_people(queryset).get(pk=conversation_id)
+    except Conversation.DoesNotExist:
+        raise NotFound("No such conversation.", code="conversation_not_found") from None
+
+
+aconversation_get_for_user = sync_to_async(conversation_get_for_user)
+
+
+def conversation_is_visible(*, user, conversation_id) -> bool:
+    """Whether ``user`` may (still) see the conversation (1 query)."""
+    return conversation_queryset_for_user(user=user).filter(pk=conversation_id).exists()
+
+
+aconversation_is_visible = sync_to_async(conversation_is_visible)
+
+
+def message_list(*, conversation):
+    """The conversation's messages, oldest first, authors loaded (1 query)."""
+    return list(Message.objects.filter(conversation=conversation).select_related("author").order_by("created_at", "id"))
+
+
+def message_get(*, conversation, message_id):
+    """One message of a conversation the caller may already see, or NotFound."""
+    try:
+        message_id = uuid.UUID(str(message_id))
+        return Message.objects.select_related("author").get(pk=message_id, conversation=conversation)
+    except (ValueError, Message.DoesNotExist):
+        raise NotFound("No such message in this conversation.", code="message_not_found") from None
+
+
+def message_history_for_generation(*, conversation, before_message) -> list[tuple[str, str]]:
+    """(role, content) pairs sent upstream for a reply, oldest first.
+
+    The conversation's complete and cancelled messages created before the
+    placeholder ``before_message``, trimmed from the oldest so their content
+    fits ``CHAT_HISTORY_MAX_CHARS``; the newest message always goes.
+    """
+    rows = list(
+        Message.objects.filter(
+            conversation=conversation,
+            status__in=[Message.Status.COMPLETE, Message.Status.CANCELLED],
+            created_at__lt=before_message.created_at,
+        )
+        .exclude(content="")
+        .order_by("-created_at", "-id")
+        .values_list("role", "content")
+    )
+    budget = settings.CHAT_HISTORY_MAX_CHARS
+    kept = []
+    for role, content in rows:
+        if kept and len(content) > budget:
+            break
+        kept.append((role, content))
+        budget -= len(content)
+    kept.reverse()
+    return kept
+
+
+def messages_streaming(*, conversation_id=None):
+    """Messages still marked streaming (the reaper's and the snapshot's query)."""
+    queryset = Message.objects.filter(status=Message.Status.STREAMING).select_related("author")
+    if conversation_id is not None:
+        queryset = queryset.filter(conversation_id=conversation_id)
+    return list(queryset.order_by("created_at"))
+
+
+def message_streaming_ids(*, older_than_seconds: float = 0) -> list:
+    """Ids of messages marked streaming, created at least ``older_than_seconds`` ago (the reaper's query)."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    return list(
+        Message.objects.filter(status=Message.Status.STREAMING, created_at__lte=cutoff).values_list("id", flat=True)
+    )

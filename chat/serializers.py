@@ -1,0 +1,40 @@
+"""Model instances to the contract's JSON objects (plain dicts)."""
+
+
+def _iso(value):
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def conversation_to_dict(conversation) -> dict:
+    """The contract's Conversation. Needs ``owner`` and ``members`` loaded (see selectors)."""
+    return {
+        "id": str(conversation.id),
+        "title": conversation.title,
+        "model": conversation.model,
+        "system_prompt": conversation.system_prompt,
+        "owner": conversation.owner.username,
+        "members": sorted(user.username for user in conversation.members.all()),
+        "created_at": _iso(conversation.created_at),
+        "updated_at": _iso(conversation.updated_at),
+    }
+
+
+def message_to_dict(message) -> dict:
+    """The contract's Message. Needs ``author`` loaded (see selectors)."""
+    return {
+        "id": str(message.id),
+        "conversation": str(message.conversation_id),
+        "role": message.role,
+        "author": message.author.username if message.author_id else None,
+        "content": message.content,
+        "reasoning": message.reasoning,
+        "status": message.status,
+        "model": message.model or None,
+        "usage": message.usage,
+        "finish_reason": message.finish_reason,
+        "error": message.error,
+        "created_at": _iso(message.created_at),
+        "completed_at": _iso(message.completed_at),
+        "time_to_first_token_ms": message.time_to_first_token_ms,
+        "duration_ms": message.duration_ms,
+    }

@@ -1,0 +1,193 @@
+"""Writes. Sync, keyword-only, one transaction each; async callers use ``database_sync_to_async``.
+
+Services never publish events themselves: they return what changed and the
+caller (``chat.api`` / ``chat.streaming``) publishes, after the commit.
+"""
+
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .errors import Conflict, Forbidden, InvalidInput, NotFound
+from .models import Conversation, Message
+
+
+def _require_owner(*, conversation, user):
+    if conversation.owner_id != user.pk:
+        raise Forbidden("Only the conversation's owner can do this.", code="owner_only")
+
+
+def conversation_create(*, owner, title: str = "", model: str, system_prompt: str = "") -> Conversation:
+    """Create a conversation owned by ``owner``; no members yet."""
+    now = timezone.now()
+    return Conversation.objects.create(
+        owner=owner, title=title, model=model, system_prompt=system_prompt, created_at=now, updated_at=now
+    )
+
+
+@transaction.atomic
+def conversation_update(*, conversation, user, **fields) -> Conversation:
+    """Change title, model and/or system_prompt (owner only); bumps updated_at."""
+    _require_owner(conversation=conversation, user=user)
+    for name, value in fields.items():
+        setattr(conversation, name, value)
+    conversation.updated_at = timezone.now()
+    conversation.save(update_fields=[*fields, "updated_at"])
+    return conversation
+
+
+def conversation_delete(*, conversation, user) -> None:
+    """Delete the conversation and all its messages (owner only)."""
+    _require_owner(conversation=conversation, user=user)
+    conversation.delete()
+
+
+@transaction.atomic
+def conversation_member_add(*, conversation, user, username: str) -> Conversation:
+    """Share the conversation with an active user (owner only). Adding twice is harmless."""
+    _require_owner(conversation=conversation, user=user)
+    User = get_user_model()
+    try:
+        member = User.objects.get(username=username, is_active=True)
+    except User.DoesNotExist:
+        raise NotFound(f"There is no active user named {username!r}.", code="user_not_found") from None
+    if member.pk == conversation.owner_id:
+        raise InvalidInput("The owner already has access to the conversation.", code="already_owner")
+    conversation.members.add(member)
+    conversation.updated_at = timezone.now()
+    conversation.save(update_fields=["updated_at"])
+    return conversation
+
+
+@transaction.atomic
+def conversation_member_remove(*, conversation, user, username: str) -> None:
+    """Take a member's access away (owner only); NotFound if they are not a member."""
+    _require_owner(conversation=conversation, user=user)
+    member = conversation.members.filter(username=username).first()
+    if member is None:
+        raise NotFound(f"{username!r} is not a member of this conversation.", code="member_not_found")
+    conversation.members.remove(member)
+    conversation.updated_at = timezone.now()
+    conversation.save(update_fields=["updated_at"])
+
+
+def message_submit(*, conversation, author, content: str, model: str) -> tuple[Message, Message]:
+    """Store the user's message and the assistant's ``streaming`` placeholder.
+
+    Raises Conflict when a reply is already streaming in the conversation (the
+    database's partial unique constraint decides, so two processes cannot both
+    start one). The placeholder is created 1 µs after the user's message so
+    the transcript's order never depends on clock resolution.
+    """
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            user_message = Message.objects.create(
+                conversation=conversation,
+                role=Message.Role.USER,
+                author=author,
+                content=content,
+                status=Message.Status.COMPLETE,
+                created_at=now,
+                completed_at=now,
+            )
+            assistant_message = Message.objects.create(
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.STREAMING,
+                model=model,
+                created_at=now + timedelta(microseconds=1),
+            )
+            Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+    except IntegrityError:
+        if Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING).exists():
+            raise Conflict(
+                "A reply is already being generated in this conversation. Wait for it or stop it first.",
+                code="generation_in_progress",
+            ) from None
+        raise
+    user_message.author = author
+    return user_message, assistant_message
+
+
+def message_checkpoint(*, message_id, content: str, reasoning: str, seq: int) -> bool:
+    """Save a streaming message's partial content through delta ``seq``.
+
+    Writes only while the message is still streaming; returns whether it did.
+    """
+    return bool(
+        Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
+            content=content, reasoning=reasoning, seq=seq
+        )
+    )
+
+
+def message_finish(
+    *,
+    message_id,
+    status: str,
+    content: str,
+    reasoning: str,
+    seq: int,
+    usage=None,
+    finish_reason: str | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    time_to_first_token_ms: int | None = None,
+    duration_ms: int | None = None,
+) -> Message | None:
+    """Persist a streaming message's final state, once.
+
+    Only a message still ``streaming`` is written (a conditional UPDATE), so a
+    stop, a failure and the reaper can race and exactly one of them wins.
+    Returns the stored message, or None if it had already ended.
+    """
+    now = timezone.now()
+    fields = dict(
+        status=status,
+        content=content,
+        reasoning=reasoning,
+        seq=seq,
+        finish_reason=finish_reason,
+        error_code=error_code,
+        error_message=error_message,
+        completed_at=now,
+        time_to_first_token_ms=time_to_first_token_ms,
+        duration_ms=duration_ms,
+    )
+    if usage is not None:
+        fields.update(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+        )
+    with transaction.atomic():
+        updated = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(**fields)
+        if not updated:
+            return None
+        message = Message.objects.select_related("author").get(pk=message_id)
+        Conversation.objects.filter(pk=message.conversation_id).update(updated_at=now)
+    return message
+
+
+def message_interrupt(*, message_id, reason: str) -> Message | None:
+    """End a streaming message whose generation is gone as ``interrupted``, keeping its checkpoint.
+
+    Returns the message if this call ended it, None if it had already ended.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        message = Message.objects.select_for_update().filter(pk=message_id, status=Message.Status.STREAMING).first()
+        if message is None:
+            return None
+        Message.objects.filter(pk=message_id).update(
+            status=Message.Status.INTERRUPTED,
+            error_code="interrupted",
+            error_message=reason,
+            completed_at=now,
+            duration_ms=int((now - message.created_at).total_seconds() * 1000),
+        )
+        Conversation.objects.filter(pk=message.conversation_id).update(updated_at=now)
+    return Message.objects.select_related("author").get(pk=message_id)

@@ -1,0 +1,370 @@
+"""One LLM reply: provider -> event log / fan-out -> services.
+
+A ``Generation`` is an asyncio task of the process that accepted the POST,
+independent of any HTTP response: closing every tab does not stop it. It
+holds a lease in the event log while it runs; a streaming message whose lease
+lapsed (its process died) is ended ``interrupted`` by any process's reaper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from . import selectors, services
+from .eventlog import StateChange, get_event_log
+from .events import (
+    CONVERSATION_DELETED,
+    CONVERSATION_UPDATED,
+    FINAL_EVENTS,
+    MESSAGE_CREATED,
+    MESSAGE_DELTA,
+    dumps,
+)
+from .fanout import generation_group, publish
+from .providers import build_provider, shared_client
+from .providers.base import ChatMessage, Finish, ProviderError, ReasoningDelta, TextDelta, Usage
+from .serializers import message_to_dict
+
+logger = logging.getLogger(__name__)
+
+INTERRUPTED_REASON = "The server generating this reply stopped before it finished. Send the message again to retry."
+
+# This process's running generations, by message id (also keeps their tasks referenced).
+_generations: dict[str, Generation] = {}
+_background: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+
+
+def get_provider():
+    """The configured provider; the offline demo model when LLM_BASE_URL is unset."""
+    if not settings.LLM_BASE_URL:
+        return build_provider(api="demo", base_url="", api_key="", client=None)
+    client = shared_client(connect_timeout=settings.LLM_CONNECT_TIMEOUT, read_timeout=settings.LLM_READ_TIMEOUT)
+    return build_provider(
+        api=settings.LLM_API, base_url=settings.LLM_BASE_URL, api_key=settings.LLM_API_KEY, client=client
+    )
+
+
+class Generation:
+    """Streams one assistant message from the provider to the event log, then stores it once."""
+
+    def __init__(self, *, conversation, message, accepted_at: float):
+        self.conversation_id = str(conversation.id)
+        self.system_prompt = conversation.system_prompt
+        self.conversation = conversation
+        self.message = message
+        self.message_id = str(message.id)
+        self.model = message.model
+        self.accepted_at = accepted_at
+        self.seq = 0
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.first_token_at: float | None = None
+        self.stopping = False
+        self.pump: asyncio.Task | None = None
+        self.task: asyncio.Task | None = None
+        self._checkpoint: asyncio.Task | None = None
+        self._checkpointed_at = time.monotonic()
+        self._publish_ok = True
+        self._message_json = dumps(message_to_dict(message))
+
+    def request_stop(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            if self.pump is not None:
+                self.pump.cancel()
+
+    async def run(self) -> None:
+        """Stream, then persist the final message and emit its final event (once)."""
+        log = get_event_log()
+        helpers = [asyncio.create_task(self._keep_lease()), asyncio.create_task(self._listen_for_stop())]
+        status, error, shutting_down = "complete", (None, None), False
+        self.pump = asyncio.create_task(self._pump())
+        try:
+            await self.pump
+        except ProviderError as exc:
+            status, error = "failed", (exc.code, exc.message)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                # The process is shutting down: record what we have, then stop.
+                status, error, shutting_down = "interrupted", ("interrupted", INTERRUPTED_REASON), True
+                self.pump.cancel()
+            else:
+                status = "cancelled"
+        except Exception:
+            logger.exception("generation %s failed", self.message_id)
+            status, error = "failed", ("internal_error", "The reply failed because of a server error. Try again.")
+        finally:
+            for helper in helpers:
+                helper.cancel()
+        try:
+            await self._finish(status, error)
+        finally:
+            _generations.pop(self.message_id, None)
+            try:
+                await log.release_lease(self.message_id)
+            except Exception:
+                logger.warning("could not release the lease of %s", self.message_id)
+        if shutting_down:
+            raise asyncio.CancelledError
+
+    async def _pump(self) -> None:
+        history = await database_sync_to_async(selectors.message_history_for_generation)(
+            conversation=self.conversation, before_message=self.message
+        )
+        messages = [ChatMessage("system", self.system_prompt)] if self.system_prompt else []
+        messages += [ChatMessage(role, content) for role, content in history]
+        stream = get_provider().stream(model=self.model, messages=messages)
+        try:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    await self._delta(content=event.text)
+                elif isinstance(event, ReasoningDelta):
+                    await self._delta(reasoning=event.text)
+                elif isinstance(event, Usage):
+                    self.usage = event
+                elif isinstance(event, Finish):
+                    self.finish_reason = event.reason
+        finally:
+            # Closes the upstream response at once, also when stopped.
+            await stream.aclose()
+
+    async def _delta(self, *, content: str = "", reasoning: str = "") -> None:
+        if not content and not reasoning:
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        self.seq += 1
+        self.content.append(content)
+        self.reasoning.append(reasoning)
+        data = {"message_id": self.message_id, "seq": self.seq, "content": content}
+        if reasoning:
+            data["reasoning"] = reasoning
+        change = StateChange("delta", self.message_id, seq=self.seq, content=content, reasoning=reasoning)
+        try:
+            _, lost = await publish(self.conversation_id, MESSAGE_DELTA, dumps(data), change)
+            if lost or not self._publish_ok:
+                # The log's store restarted: give it the whole message again for snapshots.
+                await get_event_log().seed(self.conversation_id, self._full_state())
+            self._publish_ok = True
+        except Exception:
+            # Keep generating: the final message is stored either way, and
+            # viewers whose feed saw a hole resync from the REST endpoint.
+            if self._publish_ok:
+                logger.exception("generation %s: publishing failed; continuing", self.message_id)
+            self._publish_ok = False
+        now = time.monotonic()
+        if now - self._checkpointed_at >= settings.CHAT_CHECKPOINT_SECONDS and (
+            self._checkpoint is None or self._checkpoint.done()
+        ):
+            self._checkpointed_at = now
+            self._checkpoint = asyncio.create_task(
+                database_sync_to_async(services.message_checkpoint)(
+                    message_id=self.message_id,
+                    content="".join(self.content),
+                    reasoning="".join(self.reasoning),
+                    seq=self.seq,
+                )
+            )
+
+    def _full_state(self) -> StateChange:
+        return StateChange(
+            "seed",
+            self.message_id,
+            seq=self.seq,
+            content="".join(self.content),
+            reasoning="".join(self.reasoning),
+            message=self._message_json,
+        )
+
+    async def _finish(self, status: str, error) -> None:
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
+        now = time.monotonic()
+        ttft = None if self.first_token_at is None else int((self.first_token_at - self.accepted_at) * 1000)
+        fields = dict(
+            message_id=self.message_id,
+            status=status,
+            content="".join(self.content),
+            reasoning="".join(self.reasoning),
+            seq=self.seq,
+            usage=self.usage,
+            finish_reason=self.finish_reason,
+            error_code=error[0],
+            error_message=error[1],
+            time_to_first_token_ms=ttft,
+            duration_ms=int((now - self.accepted_at) * 1000),
+        )
+        message = None
+        for attempt in range(5):
+            try:
+                message = await database_sync_to_async(services.message_finish)(**fields)
+                break
+            except Exception:
+                # The database may be briefly unreachable; the reaper is the last resort.
+                logger.exception("generation %s: storing the final message failed (try %d)", self.message_id, attempt)
+                await asyncio.sleep(0.5 * (attempt + 1))
+        if message is None:
+            return
+        await _publish_final(message)
+
+    async def _keep_lease(self) -> None:
+        log = get_event_log()
+        while True:
+            try:
+                await log.renew_lease(self.message_id, settings.CHAT_LEASE_SECONDS)
+                if await log.stop_requested(self.message_id):
+                    self.request_stop()
+            except Exception:
+                logger.warning("generation %s: lease renewal failed", self.message_id)
+            await asyncio.sleep(settings.CHAT_LEASE_SECONDS / 4)
+
+    async def _listen_for_stop(self) -> None:
+        layer = get_channel_layer()
+        channel = await layer.new_channel(prefix="generation.")
+        group = generation_group(self.message_id)
+        await layer.group_add(group, channel)
+        try:
+            # A stop that came before we listened is in the log.
+            if await get_event_log().stop_requested(self.message_id):
+                self.request_stop()
+                return
+            while True:
+                message = await layer.receive(channel)
+                if message.get("type") == "generation.stop":
+                    self.request_stop()
+                    return
+        finally:
+            try:
+                await layer.group_discard(group, channel)
+            except Exception:
+                pass
+
+
+async def _publish_final(message) -> None:
+    await publish(
+        message.conversation_id,
+        FINAL_EVENTS[message.status],
+        dumps(message_to_dict(message)),
+        StateChange("end", str(message.id)),
+    )
+
+
+async def generation_start(*, conversation, user_message, assistant_message, accepted_at: float) -> Generation:
+    """Announce both new messages and start generating the assistant's reply in this process.
+
+    Emits ``message.created`` for each (the assistant's records its streaming
+    state in the log), takes the lease, and returns the running Generation.
+    """
+    log = get_event_log()
+    generation = Generation(conversation=conversation, message=assistant_message, accepted_at=accepted_at)
+    await log.renew_lease(generation.message_id, settings.CHAT_LEASE_SECONDS)
+    await publish(conversation.id, MESSAGE_CREATED, dumps(message_to_dict(user_message)))
+    await publish(
+        conversation.id,
+        MESSAGE_CREATED,
+        generation._message_json,
+        StateChange("start", generation.message_id, message=generation._message_json),
+    )
+    _generations[generation.message_id] = generation
+    generation.task = asyncio.create_task(generation.run(), name=f"generation {generation.message_id}")
+    return generation
+
+
+async def generation_stop(*, message_id) -> None:
+    """Ask the generation of ``message_id`` to stop, wherever it runs.
+
+    The flag in the log covers a stop that arrives before the generation
+    listens; the group message reaches it at once on any process.
+    """
+    message_id = str(message_id)
+    await get_event_log().request_stop(message_id)
+    local = _generations.get(message_id)
+    if local is not None:
+        local.request_stop()
+        return
+    await get_channel_layer().group_send(generation_group(message_id), {"type": "generation.stop"})
+
+
+async def reap_interrupted(*, grace_seconds: float | None = None) -> int:
+    """End as ``interrupted`` every streaming message whose generation is gone.
+
+    A message is gone when no process holds its lease and it is older than
+    ``grace_seconds`` (default: the lease length). Emits
+    ``message.interrupted`` for each; returns how many it ended.
+    """
+    grace = settings.CHAT_LEASE_SECONDS if grace_seconds is None else grace_seconds
+    log = get_event_log()
+    ended = 0
+    for message_id in await database_sync_to_async(selectors.message_streaming_ids)(older_than_seconds=grace):
+        message_id = str(message_id)
+        if message_id in _generations or await log.has_lease(message_id):
+            continue
+        message = await database_sync_to_async(services.message_interrupt)(
+            message_id=message_id, reason=INTERRUPTED_REASON
+        )
+        if message is not None:
+            logger.warning("message %s interrupted: its generation is gone", message_id)
+            await _publish_final(message)
+            ended += 1
+    return ended
+
+
+async def _reaper_loop() -> None:
+    # At start-up with the in-process log no generation of an earlier process can be alive.
+    first_grace = 0.0 if not settings.REDIS_URL else None
+    try:
+        await reap_interrupted(grace_seconds=first_grace)
+    except Exception:
+        logger.exception("reaper: first pass failed")
+    while True:
+        await asyncio.sleep(settings.CHAT_REAPER_INTERVAL_SECONDS)
+        try:
+            await reap_interrupted()
+        except Exception:
+            logger.exception("reaper: pass failed; trying again later")
+
+
+def ensure_background() -> None:
+    """Start this process's reaper on the running loop, once."""
+    loop = asyncio.get_running_loop()
+    task = _background.get(loop)
+    if task is None or task.done():
+        _background[loop] = loop.create_task(_reaper_loop(), name="reaper")
+
+
+async def shutdown(timeout: float = 10.0) -> None:
+    """End this process's generations as ``interrupted`` with their content (SIGTERM)."""
+    tasks = [g.task for g in list(_generations.values()) if g.task is not None]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+    for task in _background.values():
+        task.cancel()
+
+
+def running_generations() -> int:
+    return len(_generations)
+
+
+async def apublish_conversation_updated(*, conversation: dict) -> None:
+    await publish(conversation["id"], CONVERSATION_UPDATED, dumps(conversation))
+
+
+def publish_conversation_updated(*, conversation: dict) -> None:
+    """Emit ``conversation.updated`` (also ends removed members' streams). For sync views."""
+    async_to_sync(apublish_conversation_updated)(conversation=conversation)
+
+
+def publish_conversation_deleted(*, conversation_id) -> None:
+    """Tell every open stream of a deleted conversation to end. For sync views."""
+    async_to_sync(publish)(str(conversation_id), CONVERSATION_DELETED, dumps({"id": str(conversation_id)}))

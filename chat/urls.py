@@ -1,0 +1,20 @@
+from django.urls import path, re_path
+
+from . import api, views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("c/<uuid:conversation_id>/", views.conversation_page, name="conversation"),
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("api/models/", api.models_list),
+    path("api/conversations/", api.conversations),
+    path("api/conversations/<str:conversation_id>/", api.conversation_detail),
+    path("api/conversations/<str:conversation_id>/members/", api.members),
+    path("api/conversations/<str:conversation_id>/members/<str:username>/", api.member_detail),
+    path("api/conversations/<str:conversation_id>/messages/", api.messages),
+    path("api/conversations/<str:conversation_id>/messages/<str:message_id>/stop/", api.message_stop),
+    path("api/conversations/<str:conversation_id>/events/", api.events),
+    # Anything else under /api/ is a JSON 404, not an HTML page.
+    re_path(r"^api/", api.not_found),
+]
