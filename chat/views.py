@@ -1,5 +1,7 @@
 """Server-rendered pages, health checks, and the error pages (JSON under /api/)."""
 
+import asyncio
+
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -86,3 +88,51 @@ def csrf_failure(request, reason=""):
     from django.views.csrf import csrf_failure as default_csrf_failure
 
     return default_csrf_failure(request, reason)
+
+
+def healthz(request):
+    """The process answers."""
+    return JsonResponse({"status": "ok"})
+
+
+async def readyz(request):
+    """The database and the event log's store (Redis, when configured) are reachable; 503 names what failed."""
+    from asgiref.sync import sync_to_async
+    from django.db import connection
+
+    from .eventlog import get_event_log
+
+    failed = {}
+
+    def check_db():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        finally:
+            connection.close()
+
+    try:
+        await sync_to_async(check_db)()
+    except Exception as exc:  # any failure means not ready
+        failed["database"] = type(exc).__name__
+    try:
+        await asyncio.wait_for(get_event_log().ping(), timeout=2)
+    except Exception as exc:
+        failed["redis"] = type(exc).__name__
+    if failed:
+        return JsonResponse(
+            {
+                "status": "unavailable",
+                "failed": sorted(failed),
+                "error": {"code": "not_ready", "message": f"Not ready: {', '.join(sorted(failed))} unreachable."},
+            },
+            status=503,
+        )
+    return JsonResponse(
+        {"status": "ok", "checks": {"database": "ok", "redis": "ok" if settings.REDIS_URL else "not configured"}}
+    )
+
+
+def site(request):
+    """Template context: whether sign-up is open."""
+    return {"allow_signup": settings.ALLOW_SIGNUP}

@@ -19,7 +19,7 @@ class Command(BaseCommand):
 
     def run_from_argv(self, argv):
         # Pass everything after "serve" to daphne untouched (its options start with "-").
-        self.execute(daphne_args=argv[2:])
+        self.handle(daphne_args=argv[2:])
 
     def handle(self, *args, daphne_args, **options):
         from daphne.cli import CommandLineInterface
