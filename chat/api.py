@@ -186,8 +186,9 @@ def conversation_detail(request, user, conversation_id):
         body["messages"] = [message_to_dict(m) for m in selectors.message_list(conversation=conversation)]
         return JsonResponse(body)
     if request.method == "DELETE":
+        conversation_id = conversation.id  # delete() clears the instance's pk
         services.conversation_delete(conversation=conversation, user=user)
-        streaming.publish_conversation_deleted(conversation_id=conversation.id)
+        streaming.publish_conversation_deleted(conversation_id=conversation_id)
         return HttpResponse(status=204)
     data = _clean_conversation_fields(parse_body(request, CONVERSATION_FIELDS))
     services.conversation_update(conversation=conversation, user=user, **data)
