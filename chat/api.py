@@ -303,6 +303,7 @@ async def _generation_stream(viewer, last_id, ids):
     """The events of one generation (both messages), ending after the reply's final event."""
     user_id, assistant_id = ids
     markers = tuple(f'"{key}":"{mid}"' for mid in ids for key in ("id", "message_id"))
+    viewer.started = True
     pending = asyncio.ensure_future(viewer.queue.get())
     last_key = parse_id(last_id)
     try:
@@ -362,6 +363,7 @@ def _still_visible(user, event) -> bool:
 
 async def _conversation_stream(viewer, user, conversation_id, last_event_id):
     """Every event of the conversation, live, from a snapshot or from ``last_event_id``."""
+    viewer.started = True
     log = get_event_log()
     pending = asyncio.ensure_future(viewer.queue.get())
     heartbeats = 0

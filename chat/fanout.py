@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 VIEWER_QUEUE_LIMIT = 20_000
 # How long a feed with no viewers stays subscribed (reconnects are common).
 FEED_LINGER_SECONDS = 5.0
+# A viewer whose response never started streaming (client gone early) is dropped.
+VIEWER_START_DEADLINE_SECONDS = 30.0
 # channels-redis forgets group members after a day; re-join well before.
 GROUP_REJOIN_SECONDS = 3600.0
 
@@ -53,6 +55,8 @@ class Viewer:
         self.feed = feed
         self.queue: asyncio.Queue = asyncio.Queue()
         self.overflowed = False
+        # Set by the response's generator when it first runs; see Hub.join.
+        self.started = False
 
     def put(self, item) -> None:
         if self.queue.qsize() >= VIEWER_QUEUE_LIMIT:
@@ -191,7 +195,14 @@ class Hub:
                 feed.linger = None
             viewer = Viewer(feed)
             feed.viewers.add(viewer)
-            return viewer
+        # Django never runs an un-started response generator's cleanup when the
+        # client disconnects early, so such a viewer is removed here instead.
+        asyncio.get_running_loop().call_later(VIEWER_START_DEADLINE_SECONDS, self._drop_if_unstarted, viewer)
+        return viewer
+
+    def _drop_if_unstarted(self, viewer: Viewer) -> None:
+        if not viewer.started and viewer in viewer.feed.viewers:
+            self.leave(viewer)
 
     def leave(self, viewer: Viewer) -> None:
         feed = viewer.feed
