@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import time
+import uuid
 
 from asgiref.sync import iscoroutinefunction
 from channels.db import database_sync_to_async
@@ -17,7 +18,16 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from . import models as chat_models
 from . import selectors, services, streaming
-from .errors import ChatError, Conflict, InvalidInput, MethodNotAllowed, NotAuthenticated, NotFound, TooLarge
+from .errors import (
+    ChatError,
+    Conflict,
+    InvalidInput,
+    MethodNotAllowed,
+    NotAuthenticated,
+    NotFound,
+    RateLimited,
+    TooLarge,
+)
 from .eventlog import get_event_log
 from .events import (
     CONVERSATION_DELETED,
@@ -255,6 +265,8 @@ async def messages(request, user, conversation_id):
             f"The model {model!r} is not available; choose one of {', '.join(available_models())}.",
             code="unknown_model",
         )
+    await database_sync_to_async(selectors.message_allowance_check)(user=user)
+    slot = await _open_stream_slot(user) if _wants_sse(request) else None
     user_message, assistant_message = await database_sync_to_async(services.message_submit)(
         conversation=conversation, author=user, content=data["content"], model=model
     )
@@ -285,7 +297,7 @@ async def messages(request, user, conversation_id):
         hub.leave(viewer)
         raise
     ids = (str(user_message.id), str(assistant_message.id))
-    return _sse_response(_generation_stream(viewer, start, ids))
+    return _sse_response(_generation_stream(viewer, start, ids, slot))
 
 
 async def _next_items(viewer, pending):
@@ -299,7 +311,32 @@ async def _next_items(viewer, pending):
     return items, asyncio.ensure_future(viewer.queue.get())
 
 
-async def _generation_stream(viewer, last_id, ids):
+async def _open_stream_slot(user) -> tuple:
+    """Count one more open event stream for ``user``, or raise RateLimited over their cap."""
+    limit = (await database_sync_to_async(selectors.user_limits)(user=user))["max_open_streams"]
+    token = uuid.uuid4().hex
+    if not await get_event_log().stream_open(user.pk, token, limit=limit, ttl=_stream_slot_ttl()):
+        raise RateLimited(
+            f"You already have {limit} event streams open, the most allowed. Close another tab and try again.",
+            code="too_many_streams",
+            retry_after=int(settings.CHAT_HEARTBEAT_SECONDS),
+        )
+    return (user.pk, token)
+
+
+def _stream_slot_ttl() -> float:
+    # Refreshed at every heartbeat; a slot whose stream died unnoticed lapses.
+    return settings.CHAT_HEARTBEAT_SECONDS * 3 + 5
+
+
+async def _close_stream_slot(slot) -> None:
+    try:
+        await get_event_log().stream_close(*slot)
+    except Exception:
+        logger.warning("could not release an event stream slot")
+
+
+async def _generation_stream(viewer, last_id, ids, slot):
     """The events of one generation (both messages), ending after the reply's final event."""
     user_id, assistant_id = ids
     markers = tuple(f'"{key}":"{mid}"' for mid in ids for key in ("id", "message_id"))
@@ -330,6 +367,7 @@ async def _generation_stream(viewer, last_id, ids):
     finally:
         pending.cancel()
         viewer.feed.hub.leave(viewer)
+        await _close_stream_slot(slot)
 
 
 @api_view("POST")
@@ -352,8 +390,9 @@ async def events(request, user, conversation_id):
         except ValueError:
             raise InvalidInput("Last-Event-ID is not an id this server gave out.", code="invalid_event_id") from None
     streaming.ensure_background()
+    slot = await _open_stream_slot(user)
     viewer = await get_hub().join(conversation.id)
-    return _sse_response(_conversation_stream(viewer, user, str(conversation.id), last_event_id))
+    return _sse_response(_conversation_stream(viewer, user, str(conversation.id), last_event_id, slot))
 
 
 def _still_visible(user, event) -> bool:
@@ -361,7 +400,7 @@ def _still_visible(user, event) -> bool:
     return conversation["owner"] == user.username or user.username in conversation["members"]
 
 
-async def _conversation_stream(viewer, user, conversation_id, last_event_id):
+async def _conversation_stream(viewer, user, conversation_id, last_event_id, slot):
     """Every event of the conversation, live, from a snapshot or from ``last_event_id``."""
     viewer.started = True
     log = get_event_log()
@@ -398,6 +437,7 @@ async def _conversation_stream(viewer, user, conversation_id, last_event_id):
             if not items:
                 yield HEARTBEAT
                 heartbeats += 1
+                await log.stream_refresh(*slot, ttl=_stream_slot_ttl())
                 # Membership changes also arrive as events; this is the backstop.
                 if heartbeats % 4 == 0 and not await selectors.aconversation_is_visible(
                     user=user, conversation_id=conversation_id
@@ -427,3 +467,4 @@ async def _conversation_stream(viewer, user, conversation_id, last_event_id):
     finally:
         pending.cancel()
         viewer.feed.hub.leave(viewer)
+        await _close_stream_slot(slot)

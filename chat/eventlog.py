@@ -115,6 +115,17 @@ class EventLog:
     async def ping(self) -> None:
         """Raise if the log's store is unreachable."""
 
+    # Open event streams per user, counted across processes.
+    async def stream_open(self, user_id, token: str, *, limit: int, ttl: float) -> bool:
+        """Register an open stream unless the user already has ``limit`` (0: no limit); expires after ``ttl``."""
+        raise NotImplementedError
+
+    async def stream_refresh(self, user_id, token: str, *, ttl: float) -> None:
+        raise NotImplementedError
+
+    async def stream_close(self, user_id, token: str) -> None:
+        raise NotImplementedError
+
 
 class MemoryEventLog(EventLog):
     """The log inside one process: the zero-config default (no Redis)."""
@@ -125,6 +136,7 @@ class MemoryEventLog(EventLog):
         self._states: dict[str, dict[str, dict]] = {}
         self._stops: dict[str, float] = {}
         self._leases: dict[str, float] = {}
+        self._streams = _MemoryStreams()
         self._last_ms = 0
         self._n = 0
 
@@ -212,6 +224,31 @@ class MemoryEventLog(EventLog):
     async def has_lease(self, message_id):
         return self._leases.get(message_id, 0) > time.monotonic()
 
+    async def stream_open(self, user_id, token, *, limit, ttl):
+        streams = self._streams.live(user_id)
+        if limit and len(streams) >= limit:
+            return False
+        streams[token] = time.monotonic() + ttl
+        return True
+
+    async def stream_refresh(self, user_id, token, *, ttl):
+        self._streams.live(user_id)[token] = time.monotonic() + ttl
+
+    async def stream_close(self, user_id, token):
+        self._streams.live(user_id).pop(token, None)
+
+
+class _MemoryStreams:
+    def __init__(self):
+        self.open: dict[str, dict[str, float]] = {}
+
+    def live(self, user_id) -> dict[str, float]:
+        now = time.monotonic()
+        streams = self.open.setdefault(str(user_id), {})
+        for token in [t for t, expiry in streams.items() if expiry <= now]:
+            del streams[token]
+        return streams
+
 
 # KEYS: stream, tail, streaming set, state hash, content, reasoning
 # ARGV: type, data, retention_ms, key_ttl_ms, op, message_id, seq, content, reasoning, message
@@ -266,6 +303,18 @@ end
 return out
 """
 
+# KEYS: the user's open streams (a sorted set, score = expiry ms). ARGV: token, limit, ttl_ms
+_STREAM_OPEN = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+local limit = tonumber(ARGV[2])
+if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+"""
+
 
 class RedisEventLog(EventLog):
     """The log in Redis, shared by every process: one Stream per conversation."""
@@ -289,6 +338,7 @@ class RedisEventLog(EventLog):
             )
             client._append = client.register_script(_APPEND)
             client._cut = client.register_script(_CUT)
+            client._stream_open = client.register_script(_STREAM_OPEN)
             self._clients[loop] = client
         return client
 
@@ -354,6 +404,26 @@ class RedisEventLog(EventLog):
 
     async def ping(self):
         await self.redis.ping()
+
+    def _streams_key(self, user_id):
+        return f"{self.prefix}user:{user_id}:streams"
+
+    async def stream_open(self, user_id, token, *, limit, ttl):
+        client = self.redis
+        keys = [self._streams_key(user_id)]
+        return bool(await client._stream_open(keys=keys, args=[token, limit, int(ttl * 1000)], client=client))
+
+    async def stream_refresh(self, user_id, token, *, ttl):
+        client = self.redis
+        key = self._streams_key(user_id)
+        now_ms = int(time.time() * 1000)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {token: now_ms + int(ttl * 1000)}, xx=True)
+            pipe.pexpire(key, int(ttl * 1000))
+            await pipe.execute()
+
+    async def stream_close(self, user_id, token):
+        await self.redis.zrem(self._streams_key(user_id), token)
 
 
 _log: EventLog | None = None

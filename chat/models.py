@@ -57,6 +57,10 @@ class Message(models.Model):
     author = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
     )
+    # For an assistant reply: the user whose message asked for it (usage is theirs).
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="requested_replies"
+    )
     content = models.TextField(blank=True)
     reasoning = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
@@ -117,6 +121,7 @@ class Message(models.Model):
             models.Index(fields=["created_at"], name="message_created"),
             models.Index(fields=["author", "created_at"], name="message_author_created"),
             models.Index(fields=["model", "created_at"], name="message_model_created"),
+            models.Index(fields=["requested_by", "created_at"], name="message_requester_created"),
             models.Index(fields=["status"], name="message_streaming", condition=Q(status="streaming")),
         ]
 
@@ -138,3 +143,21 @@ class Message(models.Model):
         if not self.error_code:
             return None
         return {"code": self.error_code, "message": self.error_message or ""}
+
+
+class UsageLimit(models.Model):
+    """Per-user overrides of the team-wide limits; an empty field means the setting's default, 0 means no limit."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_limit")
+    daily_token_quota = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tokens per UTC day (empty: CHAT_DAILY_TOKEN_QUOTA; 0: unlimited)."
+    )
+    messages_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Messages per minute (empty: CHAT_MESSAGES_PER_MINUTE; 0: unlimited)."
+    )
+    max_open_streams = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Open event streams at once (empty: CHAT_MAX_STREAMS_PER_USER; 0: unlimited)."
+    )
+
+    def __str__(self):
+        return f"Limits for {self.user}"

@@ -5,11 +5,11 @@ from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Prefetch, Q
+from django.db.models import Exists, OuterRef, Prefetch, Q, Sum
 from django.utils import timezone
 
-from .errors import NotFound
-from .models import Conversation, Message
+from .errors import NotFound, RateLimited
+from .models import Conversation, Message, UsageLimit
 
 
 def conversation_queryset_for_user(*, user):
@@ -126,3 +126,62 @@ def message_streaming_ids(*, older_than_seconds: float = 0) -> list:
     return list(
         Message.objects.filter(status=Message.Status.STREAMING, created_at__lte=cutoff).values_list("id", flat=True)
     )
+
+
+def user_limits(*, user) -> dict[str, int]:
+    """The user's effective limits: their overrides, else the settings' defaults (0 = unlimited)."""
+    limits = {
+        "daily_token_quota": settings.CHAT_DAILY_TOKEN_QUOTA,
+        "messages_per_minute": settings.CHAT_MESSAGES_PER_MINUTE,
+        "max_open_streams": settings.CHAT_MAX_STREAMS_PER_USER,
+    }
+    override = UsageLimit.objects.filter(user_id=user.pk).first()
+    if override is not None:
+        for name in limits:
+            if getattr(override, name) is not None:
+                limits[name] = getattr(override, name)
+    return limits
+
+
+def message_allowance_check(*, user) -> None:
+    """Raise RateLimited (with Retry-After) if ``user`` may not post a message now.
+
+    Counts the user's messages of the last minute and the tokens of the
+    replies they asked for since midnight UTC, from the database, so every
+    process agrees.
+    """
+    limits = user_limits(user=user)
+    now = timezone.now()
+    per_minute = limits["messages_per_minute"]
+    if per_minute:
+        window = now - timedelta(minutes=1)
+        recent = list(
+            Message.objects.filter(author_id=user.pk, role=Message.Role.USER, created_at__gt=window)
+            .order_by("-created_at")
+            .values_list("created_at", flat=True)[:per_minute]
+        )
+        if len(recent) >= per_minute:
+            retry = max(1, int((recent[-1] - window).total_seconds()) + 1)
+            raise RateLimited(
+                f"You can send {per_minute} messages a minute. Try again in {retry} s.",
+                code="rate_limited",
+                retry_after=retry,
+            )
+    quota = limits["daily_token_quota"]
+    if quota:
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        used = (
+            Message.objects.filter(requested_by_id=user.pk, created_at__gte=midnight).aggregate(
+                total=Sum("total_tokens")
+            )["total"]
+            or 0
+        )
+        if used >= quota:
+            retry = int((midnight + timedelta(days=1) - now).total_seconds()) + 1
+            raise RateLimited(
+                f"You have used your {quota:,} tokens for today ({used:,} used). "
+                f"The quota resets at midnight UTC, in {retry // 3600} h {retry % 3600 // 60} min; "
+                "an administrator can raise it.",
+                code="quota_exceeded",
+                retry_after=retry,
+            )

@@ -96,6 +96,7 @@ def message_submit(*, conversation, author, content: str, model: str) -> tuple[M
             assistant_message = Message.objects.create(
                 conversation=conversation,
                 role=Message.Role.ASSISTANT,
+                requested_by=author,
                 status=Message.Status.STREAMING,
                 model=model,
                 created_at=now + timedelta(microseconds=1),
