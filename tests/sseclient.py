@@ -1,6 +1,7 @@
 """A small SSE reader for tests: one thread per viewer, over a real socket."""
 
 import json
+import socket
 import threading
 import time
 
@@ -89,9 +90,18 @@ class Viewer(threading.Thread):
             self.ended.set()
 
     def close(self):
+        """Drop the connection now, as a closed browser tab does (a FIN reaches the server at once)."""
         self._closing = True
         if self._response is not None:
-            self._response.close()
+            stream = self._response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                # close() from another thread would not interrupt the reader's recv().
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.ended.wait(5)
 
     def wait(self, timeout=60):
         assert self.ended.wait(timeout), f"stream did not end within {timeout}s; got {len(self.events)} events"
