@@ -12,6 +12,7 @@ import uuid
 
 from asgiref.sync import iscoroutinefunction
 from channels.db import database_sync_to_async
+from redis.exceptions import RedisError
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
@@ -26,6 +27,7 @@ from .errors import (
     NotAuthenticated,
     NotFound,
     RateLimited,
+    ServiceUnavailable,
     TooLarge,
 )
 from .eventlog import get_event_log
@@ -79,6 +81,15 @@ def api_view(*methods):
                     return await view(request, user, *args, **kwargs)
                 except ChatError as error:
                     return error_response(error)
+                except (RedisError, ConnectionError) as exc:
+                    logger.warning("event log unreachable: %s", exc)
+                    return error_response(
+                        ServiceUnavailable(
+                            "The live event service (Redis) is unreachable. Try again in a few seconds.",
+                            code="event_service_unavailable",
+                            retry_after=5,
+                        )
+                    )
 
         else:
 
@@ -437,7 +448,11 @@ async def _conversation_stream(viewer, user, conversation_id, last_event_id, slo
             if not items:
                 yield HEARTBEAT
                 heartbeats += 1
-                await log.stream_refresh(*slot, ttl=_stream_slot_ttl())
+                try:
+                    await log.stream_refresh(*slot, ttl=_stream_slot_ttl())
+                except (RedisError, ConnectionError):
+                    pass  # Redis is restarting; the feed tells this viewer to resync
+
                 # Membership changes also arrive as events; this is the backstop.
                 if heartbeats % 4 == 0 and not await selectors.aconversation_is_visible(
                     user=user, conversation_id=conversation_id

@@ -55,3 +55,8 @@ class TooLarge(ChatError):
 class RateLimited(ChatError):
     status = 429
     code = "rate_limited"
+
+
+class ServiceUnavailable(ChatError):
+    status = 503
+    code = "service_unavailable"

@@ -78,6 +78,7 @@ class Feed:
         self.task: asyncio.Task | None = None
         self.linger: asyncio.TimerHandle | None = None
         self.joined_at = 0.0
+        self.rejoin = False
 
     async def start(self) -> None:
         layer = self.hub.layer
@@ -121,11 +122,17 @@ class Feed:
                         if time.monotonic() - self.joined_at > GROUP_REJOIN_SECONDS:
                             await layer.group_add(conversation_group(self.conversation_id), self.channel)
                             self.joined_at = time.monotonic()
+                    if self.rejoin:
+                        # After a Redis restart our group membership is gone.
+                        await layer.group_add(conversation_group(self.conversation_id), self.channel)
+                        self.rejoin = False
+                        await self._check_tail()
                 except asyncio.CancelledError:
                     raise
-                except Exception:
+                except Exception as exc:
                     # Redis may be restarting: keep the viewers, try again shortly.
-                    logger.exception("feed %s: delivery failed; retrying", self.conversation_id)
+                    logger.warning("feed %s: delivery failed (%s); retrying", self.conversation_id, exc)
+                    self.rejoin = True
                     if pending.done():
                         pending = asyncio.ensure_future(layer.receive(self.channel))
                     await asyncio.sleep(1.0)

@@ -250,6 +250,14 @@ class Generation:
 
 
 async def _publish_final(message) -> None:
+    """Emit the message's final event; the stored message stands even if this fails."""
+    try:
+        await _publish_final_event(message)
+    except Exception as exc:
+        logger.warning("final event of %s not published (%s); viewers resync", message.id, exc)
+
+
+async def _publish_final_event(message) -> None:
     await publish(
         message.conversation_id,
         FINAL_EVENTS[message.status],
@@ -294,19 +302,29 @@ async def generation_stop(*, message_id) -> None:
     await get_channel_layer().group_send(generation_group(message_id), {"type": "generation.stop"})
 
 
-async def reap_interrupted(*, grace_seconds: float | None = None) -> int:
+_suspects: set[str] = set()
+
+
+async def reap_interrupted(*, grace_seconds: float | None = None, confirm: bool = True) -> int:
     """End as ``interrupted`` every streaming message whose generation is gone.
 
-    A message is gone when no process holds its lease and it is older than
-    ``grace_seconds`` (default: the lease length). Emits
+    A message is gone when no process holds its lease, on two passes in a
+    row (one with ``confirm=False``), and it is older than ``grace_seconds``
+    (default: the lease length). Emits
     ``message.interrupted`` for each; returns how many it ended.
     """
     grace = settings.CHAT_LEASE_SECONDS if grace_seconds is None else grace_seconds
     log = get_event_log()
     ended = 0
+    missing = set()
     for message_id in await database_sync_to_async(selectors.message_streaming_ids)(older_than_seconds=grace):
         message_id = str(message_id)
         if message_id in _generations or await log.has_lease(message_id):
+            continue
+        missing.add(message_id)
+        # A Redis restart wipes every lease until the generations renew them:
+        # only a lease missing on two passes in a row means the process is gone.
+        if confirm and message_id not in _suspects:
             continue
         message = await database_sync_to_async(services.message_interrupt)(
             message_id=message_id, reason=INTERRUPTED_REASON
@@ -315,6 +333,8 @@ async def reap_interrupted(*, grace_seconds: float | None = None) -> int:
             logger.warning("message %s interrupted: its generation is gone", message_id)
             await _publish_final(message)
             ended += 1
+    _suspects.clear()
+    _suspects.update(missing)
     return ended
 
 
@@ -322,7 +342,7 @@ async def _reaper_loop() -> None:
     # At start-up with the in-process log no generation of an earlier process can be alive.
     first_grace = 0.0 if not settings.REDIS_URL else None
     try:
-        await reap_interrupted(grace_seconds=first_grace)
+        await reap_interrupted(grace_seconds=first_grace, confirm=bool(settings.REDIS_URL))
     except Exception:
         logger.exception("reaper: first pass failed")
     while True:

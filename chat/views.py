@@ -1,17 +1,29 @@
 """Server-rendered pages, health checks, and the error pages (JSON under /api/)."""
 
 import asyncio
+import copy
+import logging
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.utils import load_backend
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.views import defaults
 
 from . import selectors
+from .api import available_models
 from .errors import ChatError, Forbidden, InvalidInput, NotFound
+from .eventlog import get_event_log
+from .serializers import conversation_to_dict, message_to_dict
+
+logger = logging.getLogger(__name__)
+# Each readiness check gives up after this long (seconds).
+READY_TIMEOUT_SECONDS = 2.0
 
 
 def _error_json(error: ChatError):
@@ -22,10 +34,29 @@ def _is_api(request) -> bool:
     return request.path.startswith("/api/")
 
 
+def _shell(request, *, conversation=None):
+    """The chat app's single page; ``conversation`` (with its messages) preselected when given.
+
+    The initial data goes out as a ``json_script`` block (data, never executed,
+    so the strict CSP holds); static/chat/js/main.js reads it.
+    """
+    default = available_models()[0]
+    initial = {
+        "user": request.user.get_username(),
+        "models": [{"id": m, "default": m == default} for m in available_models()],
+        "conversations": [conversation_to_dict(c) for c in selectors.conversation_list_for_user(user=request.user)],
+        "conversation": None,
+    }
+    if conversation is not None:
+        body = conversation_to_dict(conversation)
+        body["messages"] = [message_to_dict(m) for m in selectors.message_list(conversation=conversation)]
+        initial["conversation"] = body
+    return render(request, "chat/app.html", {"initial": initial, "conversation": conversation})
+
+
 @login_required
 def home(request):
-    conversations = selectors.conversation_list_for_user(user=request.user)
-    return render(request, "chat/home.html", {"conversations": conversations})
+    return _shell(request)
 
 
 @login_required
@@ -34,8 +65,7 @@ def conversation_page(request, conversation_id):
         conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
     except NotFound:
         raise Http404("No such conversation.") from None
-    messages = selectors.message_list(conversation=conversation)
-    return render(request, "chat/conversation.html", {"conversation": conversation, "messages": messages})
+    return _shell(request, conversation=conversation)
 
 
 def signup(request):
@@ -91,40 +121,57 @@ def csrf_failure(request, reason=""):
 
 
 def healthz(request):
-    """The process answers."""
+    """The process answers: 200, touching neither the database nor Redis."""
     return JsonResponse({"status": "ok"})
 
 
-async def readyz(request):
-    """The database and the event log's store (Redis, when configured) are reachable; 503 names what failed."""
-    from asgiref.sync import sync_to_async
-    from django.db import connection
+def _check_database():
+    """Read the migrations table on a connection of its own that gives up after READY_TIMEOUT_SECONDS.
 
-    from .eventlog import get_event_log
-
-    failed = {}
-
-    def check_db():
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-        finally:
-            connection.close()
-
+    Its own connection: the shared one could be mid-transaction in this
+    thread, and the configured timeouts (SQLite's 20 s lock wait, libpq's
+    none) are too long for a probe.
+    """
+    settings_dict = copy.deepcopy(connections.settings[DEFAULT_DB_ALIAS])
+    options = settings_dict.setdefault("OPTIONS", {})
+    if settings_dict["ENGINE"] == "django.db.backends.postgresql":
+        options["connect_timeout"] = max(1, round(READY_TIMEOUT_SECONDS))
+    elif settings_dict["ENGINE"] == "django.db.backends.sqlite3":
+        options["timeout"] = READY_TIMEOUT_SECONDS
+    database = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, DEFAULT_DB_ALIAS)
     try:
-        await sync_to_async(check_db)()
+        with database.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM django_migrations LIMIT 1")
+    finally:
+        database.close()
+
+
+async def _ready(name, check):
+    try:
+        await asyncio.wait_for(check, timeout=READY_TIMEOUT_SECONDS)
     except Exception as exc:  # any failure means not ready
-        failed["database"] = type(exc).__name__
-    try:
-        await asyncio.wait_for(get_event_log().ping(), timeout=2)
-    except Exception as exc:
-        failed["redis"] = type(exc).__name__
+        logger.warning("readyz: %s unreachable: %s: %s", name, type(exc).__name__, exc)
+        return name
+    return None
+
+
+async def readyz(request):
+    """200 when the database and Redis (when REDIS_URL is set) answer; 503 naming what failed.
+
+    Both are checked at once, each given READY_TIMEOUT_SECONDS, so a probe
+    gets its answer within about that long even when a host drops packets.
+    """
+    results = await asyncio.gather(
+        _ready("database", sync_to_async(_check_database, thread_sensitive=False)()),
+        _ready("redis", get_event_log().ping()),
+    )
+    failed = [name for name in results if name]
     if failed:
         return JsonResponse(
             {
                 "status": "unavailable",
-                "failed": sorted(failed),
-                "error": {"code": "not_ready", "message": f"Not ready: {', '.join(sorted(failed))} unreachable."},
+                "failed": failed,
+                "error": {"code": "not_ready", "message": f"Not ready: {' and '.join(failed)} unreachable."},
             },
             status=503,
         )

@@ -1,0 +1,156 @@
+"""Request middleware: a request id for every log line and response; 503 while the database is unreachable.
+
+Both classes run sync under WSGI and the test client and async under daphne
+(no thread hop), and neither touches a streaming response's body: event
+streams pass through as the views made them.
+"""
+
+import logging
+import re
+import sys
+import time
+import uuid
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.signals import got_request_exception
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse, JsonResponse
+
+from .logs import request_id
+
+logger = logging.getLogger("chat.request")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# An incoming id is kept only if it is this tame: it goes into every log line.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Probes hit these every few seconds; their successes are logged at DEBUG only.
+_PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+RETRY_AFTER_SECONDS = 5
+DATABASE_UNAVAILABLE_MESSAGE = "The database cannot be reached right now; try again in a few seconds."
+
+
+class _Middleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+
+class RequestIdMiddleware(_Middleware):
+    """Give each request an id (a sane incoming ``X-Request-ID``, else a new one) and log one line for it.
+
+    The id sits in ``chat.logs.request_id`` while the request is served, so
+    every log line made meanwhile carries it (as do tasks the request starts),
+    and goes back in the ``X-Request-ID`` response header. The request's own
+    line (logger ``chat.request``) has method, path, status and duration_ms;
+    for a streaming response the duration is the time to its headers.
+    """
+
+    def __call__(self, request):
+        if self.async_mode:
+            return self.__acall__(request)
+        started, token = self._begin(request)
+        response = self.get_response(request)
+        return self._finish(request, response, started, token)
+
+    async def __acall__(self, request):
+        started, token = self._begin(request)
+        response = await self.get_response(request)
+        return self._finish(request, response, started, token)
+
+    def _begin(self, request):
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        request.request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        return time.monotonic(), request_id.set(request.request_id)
+
+    def _finish(self, request, response, started, token):
+        response[REQUEST_ID_HEADER] = request.request_id
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        status = response.status_code
+        quiet = request.path in _PROBE_PATHS and status < 400
+        logger.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "%s %s %s %.1fms%s",
+            request.method,
+            request.path,
+            status,
+            duration_ms,
+            " (streaming)" if response.streaming else "",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "duration_ms": duration_ms,
+                "request_id": request.request_id,
+            },
+        )
+        # A stream's body is produced after this returns, in this same context:
+        # keep the id set for its log lines.
+        if not response.streaming:
+            request_id.reset(token)
+        return response
+
+
+def database_unavailable_response(request):
+    """503 with ``Retry-After``: the contract's JSON error under /api/, a small page elsewhere."""
+    if request.path.startswith("/api/"):
+        response = JsonResponse(
+            {"error": {"code": "database_unavailable", "message": DATABASE_UNAVAILABLE_MESSAGE}}, status=503
+        )
+    else:
+        response = HttpResponse(
+            "<!doctype html><html lang=en><title>Service unavailable</title>"
+            f"<h1>Service unavailable</h1><p>{DATABASE_UNAVAILABLE_MESSAGE}</p></html>",
+            status=503,
+            content_type="text/html; charset=utf-8",
+        )
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+class DatabaseUnavailableMiddleware(_Middleware):
+    """Answer 503 + ``Retry-After`` instead of 500 when the database cannot be reached.
+
+    ``process_exception`` covers sync and async views alike (Django calls it
+    for both). By then the exception has left every ``transaction.atomic``
+    block of the view, so those were rolled back, not half-written; the
+    response only stands in for the 500 page. A database error raised outside
+    the view (say, a middleware saving the session) becomes Django's 500
+    first; ``_note_database_error`` marks the request and this middleware,
+    outside those, swaps that 500 for the 503 too.
+    """
+
+    def __call__(self, request):
+        if self.async_mode:
+            return self.__acall__(request)
+        return self._swap(request, self.get_response(request))
+
+    async def __acall__(self, request):
+        return self._swap(request, await self.get_response(request))
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, DATABASE_ERRORS):
+            return None
+        logger.warning("database unavailable: %s: %s", type(exception).__name__, exception)
+        return database_unavailable_response(request)
+
+    def _swap(self, request, response):
+        if response.status_code == 500 and not response.streaming and getattr(request, "database_error", None):
+            return database_unavailable_response(request)
+        return response
+
+
+def _note_database_error(sender, request=None, **kwargs):
+    # Sent while Django handles an uncaught exception: sys.exc_info() is it.
+    error = sys.exc_info()[1]
+    if request is not None and isinstance(error, DATABASE_ERRORS):
+        request.database_error = error
+
+
+got_request_exception.connect(_note_database_error, dispatch_uid="chat.middleware.database_error")
