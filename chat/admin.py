@@ -6,6 +6,8 @@ product's visibility rule does not apply to them.
 """
 
 from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.models import User
 from django.db.models import Count, Exists, IntegerField, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.urls import path, reverse
@@ -13,7 +15,7 @@ from django.utils.html import format_html
 from django.utils.text import Truncator, smart_split, unescape_string_literal
 
 from . import admin_reports, selectors
-from .models import Conversation, Message
+from .models import Conversation, Message, UsageLimit
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -192,3 +194,21 @@ class MessageAdmin(ReadOnlyAdmin):
     @admin.display(description="Duration (ms)", ordering="duration_ms")
     def duration(self, obj):
         return obj.duration_ms
+
+
+class UsageLimitInline(admin.StackedInline):
+    """Per-user overrides of the team-wide limits, edited on the user's admin page."""
+
+    model = UsageLimit
+    can_delete = True
+    extra = 0
+    max_num = 1
+    verbose_name_plural = "Usage limits (empty: the team default; 0: unlimited)"
+
+
+class UserAdminWithLimits(UserAdmin):
+    inlines = [*UserAdmin.inlines, UsageLimitInline]
+
+
+admin.site.unregister(User)
+admin.site.register(User, UserAdminWithLimits)

@@ -12,7 +12,7 @@ from datetime import datetime, time, timedelta
 from django import forms
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, F, OuterRef, Prefetch, Subquery, Sum
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, TruncDay, TruncMonth, TruncWeek
 from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -39,6 +39,7 @@ CSV_MESSAGE_COLUMNS = [
 ]
 CSV_USAGE_COLUMNS = ["user", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"]
 USAGE_DEFAULT_DAYS = 30
+USAGE_PERIODS = {"day": TruncDay, "week": TruncWeek, "month": TruncMonth}
 
 
 def _csv_safe(value):
@@ -99,13 +100,14 @@ def conversations_export_csv(queryset) -> HttpResponse:
     return response
 
 
-def usage_by_user(*, start, end) -> list[dict]:
+def usage_by_user(*, start, end, period: str = "") -> list[dict]:
     """Assistant replies and their tokens per (user, model) for replies created from ``start`` to ``end`` (dates,
     inclusive, in the current time zone), aggregated in the database (1 query).
 
-    A reply counts for the author of the user message just before it in its
-    conversation (the message it answers); ``user`` is None when that author
-    was deleted.
+    A reply counts for the user who asked for it (``requested_by``; for replies
+    stored before that field existed, the author of the user message just
+    before it); ``user`` is None when that user was deleted. With ``period``
+    ("day", "week" or "month") the rows are also split by that period.
     """
     since = timezone.make_aware(datetime.combine(start, time.min))
     until = timezone.make_aware(datetime.combine(end + timedelta(days=1), time.min))
@@ -116,17 +118,24 @@ def usage_by_user(*, start, end) -> list[dict]:
         .order_by("-created_at", "-id")
         .values("author__username")[:1]
     )
+    queryset = Message.objects.filter(
+        role=Message.Role.ASSISTANT, created_at__gte=since, created_at__lt=until
+    ).annotate(user=Coalesce(F("requested_by__username"), Subquery(asked_by)))
+    group = ["user", "model"]
+    order = [F("user").asc(nulls_last=True), "model"]
+    if period:
+        queryset = queryset.annotate(period=USAGE_PERIODS[period]("created_at"))
+        group.insert(0, "period")
+        order.insert(0, "period")
     return list(
-        Message.objects.filter(role=Message.Role.ASSISTANT, created_at__gte=since, created_at__lt=until)
-        .annotate(user=Subquery(asked_by))
-        .values("user", "model")
+        queryset.values(*group)
         .annotate(
             replies=Count("pk"),
             prompt_tokens=Coalesce(Sum("prompt_tokens"), 0),
             completion_tokens=Coalesce(Sum("completion_tokens"), 0),
             total_tokens=Coalesce(Sum("total_tokens"), 0),
         )
-        .order_by(F("user").asc(nulls_last=True), "model")
+        .order_by(*order)
     )
 
 
@@ -144,6 +153,10 @@ class UsageRangeForm(forms.Form):
 
     start = _date_field()
     end = _date_field()
+    period = forms.ChoiceField(
+        required=False,
+        choices=[("", "Whole range"), ("day", "Per day"), ("week", "Per week"), ("month", "Per month")],
+    )
 
     def clean(self):
         data = super().clean()
@@ -156,11 +169,15 @@ class UsageRangeForm(forms.Form):
         return data
 
 
-def _usage_csv(rows, *, start, end) -> HttpResponse:
+def _usage_csv(rows, *, start, end, period) -> HttpResponse:
     response = _attachment("", content_type="text/csv; charset=utf-8", filename=f"usage-{start}-{end}.csv")
     writer = csv.writer(response)
-    writer.writerow(CSV_USAGE_COLUMNS)
-    writer.writerows([_csv_safe(row[column]) for column in CSV_USAGE_COLUMNS] for row in rows)
+    columns = (["period"] if period else []) + CSV_USAGE_COLUMNS
+    writer.writerow(columns)
+    for row in rows:
+        if period:
+            row = {**row, "period": timezone.localtime(row["period"]).date().isoformat()}
+        writer.writerow([_csv_safe(row[column]) for column in columns])
     return response
 
 
@@ -182,16 +199,18 @@ def usage_view(request, model_admin):
         context.update(form=form, rows=[])
         return TemplateResponse(request, "admin/chat/usage.html", context, status=400)
     start, end = form.cleaned_data["start"], form.cleaned_data["end"]
-    rows = usage_by_user(start=start, end=end)
+    period = form.cleaned_data.get("period") or ""
+    rows = usage_by_user(start=start, end=end, period=period)
     if request.GET.get("format") == "csv":
-        return _usage_csv(rows, start=start, end=end)
+        return _usage_csv(rows, start=start, end=end, period=period)
     context.update(
         # A fresh form shows the defaults it applied in place of empty inputs.
-        form=UsageRangeForm(initial={"start": start, "end": end}),
+        form=UsageRangeForm(initial={"start": start, "end": end, "period": period}),
+        period=period,
         rows=rows,
         totals={key: sum(row[key] for row in rows) for key in CSV_USAGE_COLUMNS[2:]},
         start=start,
         end=end,
-        csv_query=f"?start={start}&end={end}&format=csv",
+        csv_query=f"?start={start}&end={end}&period={period}&format=csv",
     )
     return TemplateResponse(request, "admin/chat/usage.html", context)

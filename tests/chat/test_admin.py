@@ -443,3 +443,46 @@ def test_staff_need_the_view_permission(client, django_user_model, team):
     assert response.status_code == 200
     assert [c["title"] for c in json.loads(response.content)] == ["Roadmap"]
     assert client.get(USAGE).status_code == 200
+
+
+def test_usage_per_period_attributes_replies_to_who_asked(client, django_user_model):
+    """Tokens by user and model per day / week / month (issue 5), attributed by requested_by."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat import services
+    from chat.models import Message
+
+    admin_user = django_user_model.objects.create_superuser("root", password="pw-123456789")
+    asker = django_user_model.objects.create_user("asker", password="pw-123456789")
+    conversation = services.conversation_create(owner=admin_user, model="demo")
+    today = timezone.now().replace(hour=12)
+    for days_ago, tokens in [(0, 10), (0, 5), (1, 7), (40, 100)]:
+        _, reply = services.message_submit(conversation=conversation, author=asker, content="q", model="demo")
+        services.message_finish(message_id=reply.id, status="complete", content="a", reasoning="", seq=1)
+        Message.objects.filter(pk=reply.pk).update(created_at=today - timedelta(days=days_ago), total_tokens=tokens)
+    client.force_login(admin_user)
+    start = (today - timedelta(days=45)).date()
+    response = client.get(f"/admin/chat/message/usage/?start={start}&period=day&format=csv")
+    assert response.status_code == 200
+    rows = [line.split(",") for line in response.content.decode().strip().splitlines()]
+    assert rows[0][:2] == ["period", "user"]
+    by_day = {row[0]: (row[1], int(row[3]), int(row[-1])) for row in rows[1:]}
+    assert by_day[today.date().isoformat()] == ("asker", 2, 15)
+    assert by_day[(today - timedelta(days=1)).date().isoformat()] == ("asker", 1, 7)
+    month = client.get(f"/admin/chat/message/usage/?start={start}&period=month")
+    assert month.status_code == 200 and "Month starting" in month.content.decode()
+    assert client.get("/admin/chat/message/usage/?period=year").status_code == 400
+
+
+def test_usage_limit_override_on_the_user_page(client, django_user_model):
+    from chat.models import UsageLimit
+
+    admin_user = django_user_model.objects.create_superuser("root", password="pw-123456789")
+    user = django_user_model.objects.create_user("limited", password="pw-123456789")
+    client.force_login(admin_user)
+    page = client.get(f"/admin/auth/user/{user.pk}/change/")
+    assert page.status_code == 200 and "usage_limit-TOTAL_FORMS" in page.content.decode()
+    UsageLimit.objects.create(user=user, daily_token_quota=500)
+    assert "500" in client.get(f"/admin/auth/user/{user.pk}/change/").content.decode()
