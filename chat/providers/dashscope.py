@@ -49,7 +49,7 @@ class DashScopeProvider:
         text = reasoning = ""  # all yielded so far
         usage: dict[str, Any] = {}
         async with open_event_stream(
-            self._client, self._url, json=body, headers=headers, api_key=self._api_key
+            self._client, self._url, body=body, headers=headers, api_key=self._api_key
         ) as events:
             async for event in events:
                 if event.event == "error":

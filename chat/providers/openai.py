@@ -39,7 +39,7 @@ class OpenAIProvider:
         finish_reason: str | None = None
         usage: Usage | None = None
         async with open_event_stream(
-            self._client, self._url, json=body, headers=headers, api_key=self._api_key
+            self._client, self._url, body=body, headers=headers, api_key=self._api_key
         ) as events:
             async for event in events:
                 if event.data == "[DONE]":

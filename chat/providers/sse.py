@@ -6,9 +6,9 @@ character), one leading BOM is dropped, and an event left unterminated at EOF
 is discarded. ``open_event_stream`` POSTs a request and hands back the decoded
 events, turning every HTTP and network failure into a ``ProviderError``.
 
-httpx-sse is not used: it keeps the BOM (losing the first event), dispatches
-an empty event on every blank line once an ``id`` was seen, and cannot tell
-that a stream ended mid-event.
+httpx-sse 0.4.3 is not used: it keeps a BOM (losing the first event),
+dispatches events that have no data (and an empty one on every extra blank
+line once an ``id`` was seen), and cannot tell that a stream ended mid-event.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import math
 import re
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +37,8 @@ _MAX_ERROR_BODY = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ServerSentEvent:
+    """One dispatched event; ``id`` is the last event ID in force, ``retry`` a retry field sent with it."""
+
     data: str
     event: str = "message"
     id: str = ""
@@ -160,11 +161,11 @@ class EventStream:
                     pass
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def open_event_stream(
-    client: httpx.AsyncClient, url: str, *, json: dict[str, Any], headers: dict[str, str], api_key: str
+    client: httpx.AsyncClient, url: str, *, body: dict[str, Any], headers: dict[str, str], api_key: str
 ) -> AsyncIterator[EventStream]:
-    """POST ``json`` to ``url`` and yield its ``EventStream``.
+    """POST the JSON ``body`` to ``url`` and yield its ``EventStream``.
 
     Raises ProviderError for an HTTP error status, a response that is not an
     event stream, and any network failure or timeout, also while the body of
@@ -172,7 +173,7 @@ async def open_event_stream(
     scrubbed from its message. Leaving the block closes the response at once.
     """
     try:
-        async with client.stream("POST", url, json=json, headers=headers) as response:
+        async with client.stream("POST", url, json=body, headers=headers) as response:
             await _check_response(response)
             yield EventStream(response)
     except ProviderError as exc:
