@@ -12,10 +12,10 @@ import uuid
 
 from asgiref.sync import iscoroutinefunction
 from channels.db import database_sync_to_async
-from redis.exceptions import RedisError
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from redis.exceptions import RedisError
 
 from . import models as chat_models
 from . import selectors, services, streaming
@@ -340,7 +340,10 @@ def _stream_slot_ttl() -> float:
     return settings.CHAT_HEARTBEAT_SECONDS * 3 + 5
 
 
-async def _close_stream_slot(slot) -> None:
+async def _release(viewer, pending, slot) -> None:
+    """A response stream ended: leave the feed and free the user's stream slot."""
+    pending.cancel()
+    viewer.feed.hub.leave(viewer)
     try:
         await get_event_log().stream_close(*slot)
     except Exception:
@@ -376,9 +379,7 @@ async def _generation_stream(viewer, last_id, ids, slot):
             if chunk:
                 yield b"".join(chunk)
     finally:
-        pending.cancel()
-        viewer.feed.hub.leave(viewer)
-        await _close_stream_slot(slot)
+        await _release(viewer, pending, slot)
 
 
 @api_view("POST")
@@ -480,6 +481,4 @@ async def _conversation_stream(viewer, user, conversation_id, last_event_id, slo
             if chunk:
                 yield b"".join(chunk)
     finally:
-        pending.cancel()
-        viewer.feed.hub.leave(viewer)
-        await _close_stream_slot(slot)
+        await _release(viewer, pending, slot)
