@@ -8,6 +8,7 @@ those of the contract's "Running it" plus a few documented in ``.env.example``.
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -33,7 +34,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the request id covers every log line, the redirects and the errors below.
+    "chat.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Outside session/auth: it also turns their database errors into a 503.
+    "chat.middleware.DatabaseUnavailableMiddleware",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -171,17 +176,49 @@ CHAT_DAILY_TOKEN_QUOTA = env.int("CHAT_DAILY_TOKEN_QUOTA", default=1_000_000)
 CHAT_MESSAGES_PER_MINUTE = env.int("CHAT_MESSAGES_PER_MINUTE", default=20)
 CHAT_MAX_STREAMS_PER_USER = env.int("CHAT_MAX_STREAMS_PER_USER", default=20)
 
+# One line a record on stdout: JSON for log collectors (production's default)
+# or plain text for a terminal. Every record passes the two filters: its
+# request's id, and no configured secret (chat/logs.py).
+LOG_FORMAT = env("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or plain, not {LOG_FORMAT!r}.")
+LOG_LEVEL = env("LOG_LEVEL", default="INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": "INFO"},
+    "filters": {
+        "request_id": {"()": "chat.logs.RequestIdFilter"},
+        "redact_secrets": {"()": "chat.logs.RedactSecretsFilter"},
+    },
+    "formatters": {
+        "json": {"()": "chat.logs.JsonFormatter"},
+        "plain": {"()": "chat.logs.PlainFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": LOG_FORMAT,
+            "filters": ["request_id", "redact_secrets"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Django's own handlers would print a second, unfiltered copy.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.server": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
         # httpx logs every request URL at INFO; keep it quiet.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
     },
 }
+# Opt-in, off by default: every SQL statement at DEBUG (Django logs them only
+# with DEBUG=true). bench/ counts a generation's database writes with it.
+if env.bool("LOG_SQL", default=False):
+    LOGGING["loggers"]["django.db.backends"] = {"level": "DEBUG"}
 
 CSRF_FAILURE_VIEW = "chat.views.csrf_failure"
+
+# Static files from the app itself (no proxy in front): `make run` and tests.
+# Production turns it off: nginx serves /static/ (docker/nginx.conf).
+SERVE_STATIC = env.bool("SERVE_STATIC", default=True)
