@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The server `make test-postgres` runs against; .ci/run creates this role (with CREATEDB) and database.
+POSTGRES_URL ?= postgres://chat:chat@127.0.0.1:5432/chat
 
-.PHONY: run test setup install migrate admin bench lint format check-deploy clean
+.PHONY: run test test-postgres setup install migrate admin bench lint format check-deploy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +31,10 @@ run: setup
 test: install
 	$(BIN)/python -m pytest
 
+## test-postgres: the same suite on PostgreSQL at $(POSTGRES_URL) (pytest-django creates test_<name> there)
+test-postgres: install
+	DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest
+
 bench: install
 	$(BIN)/python -m bench
 
@@ -38,8 +44,10 @@ lint: install
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
+## check-deploy: Django's deployment checks on the production settings, with a production-like environment
 check-deploy: install
-	SECRET_KEY=$$(python3 -c 'import secrets;print(secrets.token_urlsafe(50))') ALLOWED_HOSTS=chat.example.com \
+	env -u DEBUG SECRET_KEY=$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))') \
+	ALLOWED_HOSTS=chat.example.com CSRF_TRUSTED_ORIGINS=https://chat.example.com \
 	DJANGO_SETTINGS_MODULE=config.settings.production $(BIN)/python manage.py check --deploy --fail-level WARNING
 
 clean:

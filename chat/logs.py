@@ -31,11 +31,16 @@ _KEY_VALUE_PASSWORD = re.compile(r"(?P<head>\bpassword\s*[=:]\s*['\"]?)[^\s'\",]
 
 
 class RequestIdFilter(logging.Filter):
-    """Give every record a ``request_id`` (``-`` outside a request)."""
+    """Give every record a ``request_id`` (``-`` outside a request).
+
+    Django logs a response's 4xx/5xx status after the middleware has
+    finished; such records carry the request itself, and so its id.
+    """
 
     def filter(self, record):
         if not getattr(record, "request_id", None):
-            record.request_id = request_id.get()
+            request = getattr(record, "request", None)
+            record.request_id = getattr(request, "request_id", None) or request_id.get()
         return True
 
 

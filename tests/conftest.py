@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -9,7 +10,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -36,6 +39,22 @@ def wait_for_port(port: int, timeout: float = 20.0, proc=None) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {port}")
+
+
+# --- in-process requests inside a test's transaction -------------------------
+
+
+@pytest.fixture(autouse=True)
+def keep_the_test_connection(monkeypatch):
+    """Stop channels' ``database_sync_to_async`` closing the connection that holds the test's transaction.
+
+    It calls ``close_old_connections()`` around each call, and with
+    ``CONN_MAX_AGE = 0`` that closes the connection: on PostgreSQL the test's
+    open transaction goes with it ("the connection is closed"); SQLite's
+    in-memory test database ignores the close. Django's test client does the
+    same for its request signals. Only this process: real servers keep it.
+    """
+    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
 
 
 # --- users and in-process API clients ---------------------------------------
@@ -168,18 +187,141 @@ def fake_provider():
     provider.stop()
 
 
+# --- real PostgreSQL --------------------------------------------------------------
+
+# PostgreSQL URL schemes django-environ reads.
+POSTGRES_SCHEMES = ("postgres", "postgresql", "pgsql", "psql", "postgis")
+
+
+def postgres_url_of_this_run() -> str:
+    """The test run's DATABASE_URL when it names a PostgreSQL server (`make test-postgres`), else ""."""
+    url = os.environ.get("DATABASE_URL", "")
+    return url if urlsplit(url).scheme in POSTGRES_SCHEMES else ""
+
+
+def postgres_bindir() -> Path | None:
+    """Where initdb and pg_ctl live: PATH, else Debian's newest /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
+    return versions[-1].parent if versions else None
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster in a temporary folder, to stop and start mid-test.
+
+    PostgreSQL refuses to run as root; under root (CI) it runs as the
+    ``postgres`` user that Debian's package creates.
+    """
+
+    def __init__(self):
+        self.bindir = postgres_bindir()
+        if self.bindir is None:
+            raise RuntimeError("PostgreSQL is not installed: run `apt-get install postgresql` (.ci/run does)")
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="pg-"))
+        self.data = self.dir / "data"
+        self.as_postgres = os.geteuid() == 0
+        if self.as_postgres:
+            shutil.chown(self.dir, user="postgres", group="postgres")
+
+    @property
+    def url(self):
+        """An admin URL (a superuser, trust authentication on 127.0.0.1) for ``Stack(database=...)``."""
+        return f"postgres://chat@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args):
+        command = [str(self.bindir / args[0]), *args[1:]]
+        if self.as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, cwd=self.dir)
+
+    def start(self):
+        if not self.data.exists():
+            self._run("initdb", "-D", str(self.data), "-U", "chat", "-A", "trust", "-E", "UTF8", "--no-sync")
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.dir / "server.log"), "-w", "start")
+        return self
+
+    def stop(self):
+        # immediate: like a crash or a cut cable, open connections just die.
+        if (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def remove(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_server():
+    """A private PostgreSQL server (skips when PostgreSQL is not installed)."""
+    if postgres_bindir() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
 # --- real daphne processes sharing one database and one Redis -----------------
 
 
-class Stack:
-    """A throwaway deployment: a SQLite file, optional Redis, N daphne processes."""
+class StackDatabase:
+    """A connection to a Stack's database that takes SQLite-style ``?`` parameters on either engine."""
 
-    def __init__(self, *, redis_url="", llm_base_url="", llm_models="", extra_env=None):
+    def __init__(self, stack):
+        if stack.postgres_url:
+            import psycopg
+
+            self.connection = psycopg.connect(stack.postgres_url, autocommit=True)
+            self.postgres = True
+        else:
+            import sqlite3
+
+            self.connection = sqlite3.connect(stack.sqlite_path, isolation_level=None)
+            self.postgres = False
+
+    def execute(self, sql, params=()):
+        if self.postgres:
+            if params:
+                sql = sql.replace("%", "%%").replace("?", "%s")
+            return self.connection.execute(sql, params or None)
+        return self.connection.execute(sql, params)
+
+    def close(self):
+        self.connection.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Stack:
+    """A throwaway deployment: its own database, optional Redis, N daphne processes.
+
+    ``database``: None for the test run's engine (a SQLite file, or a fresh
+    PostgreSQL database when the run's DATABASE_URL is PostgreSQL), "sqlite"
+    for a SQLite file whatever the run uses, or a ``PostgresServer`` for a
+    fresh database on it. ``stop()`` drops a PostgreSQL database it made.
+    """
+
+    def __init__(self, *, redis_url="", llm_base_url="", llm_models="", extra_env=None, database=None):
         self.dir = Path(tempfile.mkdtemp(prefix="stack-"))
+        self.database_server = database if isinstance(database, PostgresServer) else None
+        if self.database_server is not None:
+            self.server_url = self.database_server.url
+        else:
+            self.server_url = "" if database == "sqlite" else postgres_url_of_this_run()
+        self.postgres_url = self._create_postgres_database() if self.server_url else ""
+        if not self.postgres_url:
+            self.sqlite_path.parent.mkdir()
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "config.settings.local",
-            "DATABASE_URL": f"sqlite:///{self.dir / 'db.sqlite3'}",
+            "DATABASE_URL": self.postgres_url or f"sqlite:///{self.sqlite_path}",
             "REDIS_URL": redis_url,
             "SECRET_KEY": "stack-test-key",
             "DEBUG": "false",
@@ -187,12 +329,36 @@ class Stack:
             "LLM_MODELS": llm_models,
             "LLM_API_KEY": "sk-test-SECRET-do-not-leak-1234",
             "PYTHONUNBUFFERED": "1",
-            # Tests post quickly; the limits have tests of their own.
-            "CHAT_MESSAGES_PER_MINUTE": "0",
             **(extra_env or {}),
         }
         self.procs: dict[int, subprocess.Popen] = {}
         self.logs: dict[int, Path] = {}
+
+    # The SQLite file sits in a folder of its own so that database_down() can take it away.
+    @property
+    def sqlite_path(self) -> Path:
+        return self.dir / "data" / "db.sqlite3"
+
+    def _create_postgres_database(self) -> str:
+        import psycopg
+        from psycopg import sql
+
+        self.postgres_name = f"stack_{secrets.token_hex(6)}"
+        with psycopg.connect(self.server_url, autocommit=True) as connection:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.postgres_name)))
+        return urlunsplit(urlsplit(self.server_url)._replace(path=f"/{self.postgres_name}"))
+
+    def _drop_postgres_database(self):
+        import psycopg
+        from psycopg import sql
+
+        try:
+            with psycopg.connect(self.server_url, autocommit=True, connect_timeout=5) as connection:
+                connection.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.postgres_name))
+                )
+        except psycopg.OperationalError:
+            pass  # the server is gone already (a stopped PostgresServer)
 
     def manage(self, *args, input=None):
         return subprocess.run(
@@ -245,12 +411,48 @@ class Stack:
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        if self.postgres_url:
+            self._drop_postgres_database()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def db(self):
-        import sqlite3
+    # --- the database, whichever engine ---
 
-        return sqlite3.connect(self.dir / "db.sqlite3")
+    def db(self) -> StackDatabase:
+        """A connection (use it in ``with``) taking ``?`` parameters; prefer ``query()``."""
+        return StackDatabase(self)
+
+    def query(self, sql: str, params=()) -> list[tuple]:
+        """Run one statement with SQLite-style ``?`` parameters on either engine; the rows it returns."""
+        with self.db() as database:
+            cursor = database.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+
+    def uuid(self, value):
+        """``value`` (a UUID or its text) as the database stores it: 32 hex digits in SQLite, uuid in PostgreSQL."""
+        value = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+        return value if self.postgres_url else value.hex
+
+    def database_down(self):
+        """Make the database unreachable for the servers until ``database_up()``.
+
+        SQLite: its folder is moved away and a plain file takes its name, so
+        opening the database fails even for root. PostgreSQL: only a Stack on
+        a private ``PostgresServer`` can lose its server, which stops.
+        """
+        if self.database_server is not None:
+            self.database_server.stop()
+        elif self.postgres_url:
+            raise RuntimeError("the run's shared PostgreSQL server cannot be stopped: use Stack(database=...)")
+        else:
+            self.sqlite_path.parent.rename(self.dir / "data-away")
+            self.sqlite_path.parent.write_text("the database is away\n")
+
+    def database_up(self):
+        if self.database_server is not None:
+            self.database_server.start()
+        elif not self.postgres_url:
+            self.sqlite_path.parent.unlink()
+            (self.dir / "data-away").rename(self.sqlite_path.parent)
 
 
 def login(port: int, username: str, password: str = PASSWORD, **kwargs) -> httpx.Client:
@@ -280,3 +482,9 @@ def stack_factory():
     yield make
     for stack in stacks:
         stack.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests run last: Playwright's sync API keeps an event loop running in the
+    main thread until the session ends, which would break later asyncio tests."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)

@@ -208,7 +208,8 @@ def test_patch_by_member_is_403_and_changes_nothing(api, member, conversation):
 
 
 @pytest.mark.parametrize(
-    "data,code", [({"title": 1}, "invalid_field"), ({"owner": "max"}, "unknown_field"), ({"model": "x"}, "unknown_model")]
+    "data,code",
+    [({"title": 1}, "invalid_field"), ({"owner": "max"}, "unknown_field"), ({"model": "x"}, "unknown_model")],
 )
 def test_patch_rejects_bad_input(api, owner, conversation, data, code):
     response = api(owner).patch(url(conversation), data)

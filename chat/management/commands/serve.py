@@ -6,6 +6,7 @@ the reactor runs, and on SIGTERM/SIGINT ends this process's generations as
 """
 
 import asyncio
+import os
 import sys
 
 from django.core.management.base import BaseCommand
@@ -46,5 +47,9 @@ class Command(BaseCommand):
             a in ("-u", "--unix-socket", "--fd", "-e", "--endpoint") for a in args
         ):
             args += ["-b", "127.0.0.1"]
+        if not any(a == "--access-log" or a.startswith("--access-log=") for a in args):
+            # chat.request logs every request (with its request id, as JSON in
+            # production); daphne's own plain access lines would duplicate them.
+            args += ["--access-log", os.devnull]
         ChatCLI().run([*args, "config.asgi:application"])
         sys.exit(0)
