@@ -11,14 +11,15 @@ import time
 import uuid
 
 from asgiref.sync import iscoroutinefunction
-from channels.db import database_sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from redis.exceptions import RedisError
 
 from . import models as chat_models
 from . import selectors, services, streaming
+from .db import adb
 from .errors import (
     ChatError,
     Conflict,
@@ -74,7 +75,8 @@ def api_view(*methods):
             async def wrapper(request, *args, **kwargs):
                 if (response := _check_method(request, methods)) is not None:
                     return response
-                user = await request.auser()
+                # On the shared pool: see chat.db (auser() would pin a thread to a long stream).
+                user = await adb(get_user)(request)
                 if not user.is_authenticated:
                     return error_response(NotAuthenticated("Log in first: this API needs a session."))
                 try:
@@ -262,6 +264,28 @@ def _wants_sse(request) -> bool:
     return "text/event-stream" in request.headers.get("Accept", "")
 
 
+def _message_checks(user, conversation_id, data):
+    """One thread hop: visibility, model, the user's limits. Returns (conversation, model, limits)."""
+    conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    model = data.get("model") or conversation.model
+    if model not in available_models():
+        raise InvalidInput(
+            f"The model {model!r} is not available; choose one of {', '.join(available_models())}.",
+            code="unknown_model",
+        )
+    selectors.message_allowance_check(user=user)
+    return conversation, model, selectors.user_limits(user=user)
+
+
+def _message_store(user, conversation, content, model):
+    """One thread hop: store both messages and read the history the model will get."""
+    user_message, assistant_message = services.message_submit(
+        conversation=conversation, author=user, content=content, model=model
+    )
+    history = selectors.message_history_for_generation(conversation=conversation, before_message=assistant_message)
+    return user_message, assistant_message, history
+
+
 @api_view("POST")
 async def messages(request, user, conversation_id):
     accepted_at = time.monotonic()
@@ -269,26 +293,25 @@ async def messages(request, user, conversation_id):
     if not data["content"].strip():
         raise InvalidInput("The message is empty.", code="empty_content")
     _check_length(data, "content", settings.CHAT_MAX_MESSAGE_CHARS, too_large=True)
-    conversation = await selectors.aconversation_get_for_user(user=user, conversation_id=conversation_id)
-    model = data.get("model") or conversation.model
-    if model not in available_models():
-        raise InvalidInput(
-            f"The model {model!r} is not available; choose one of {', '.join(available_models())}.",
-            code="unknown_model",
-        )
-    await database_sync_to_async(selectors.message_allowance_check)(user=user)
-    slot = await _open_stream_slot(user) if _wants_sse(request) else None
-    user_message, assistant_message = await database_sync_to_async(services.message_submit)(
-        conversation=conversation, author=user, content=data["content"], model=model
-    )
+    conversation, model, limits = await adb(_message_checks)(user, conversation_id, data)
+    sse = _wants_sse(request)
+    slot = await _open_stream_slot(user, limits["max_open_streams"]) if sse else None
+    try:
+        user_message, assistant_message, history = await adb(_message_store)(user, conversation, data["content"], model)
+    except BaseException:
+        if slot is not None:
+            await _release_slot(slot)
+        raise
     streaming.ensure_background()
-    if not _wants_sse(request):
-        await streaming.generation_start(
-            conversation=conversation,
-            user_message=user_message,
-            assistant_message=assistant_message,
-            accepted_at=accepted_at,
-        )
+    start = dict(
+        conversation=conversation,
+        user_message=user_message,
+        assistant_message=assistant_message,
+        history=history,
+        accepted_at=accepted_at,
+    )
+    if not sse:
+        await streaming.generation_start(**start)
         return JsonResponse(
             {"user_message": message_to_dict(user_message), "assistant_message": message_to_dict(assistant_message)},
             status=202,
@@ -297,18 +320,14 @@ async def messages(request, user, conversation_id):
     hub = get_hub()
     viewer = await hub.join(conversation.id)
     try:
-        start = await get_event_log().tail(str(conversation.id))
-        await streaming.generation_start(
-            conversation=conversation,
-            user_message=user_message,
-            assistant_message=assistant_message,
-            accepted_at=accepted_at,
-        )
+        last_id = await get_event_log().tail(str(conversation.id))
+        await streaming.generation_start(**start)
     except BaseException:
         hub.leave(viewer)
+        await _release_slot(slot)
         raise
     ids = (str(user_message.id), str(assistant_message.id))
-    return _sse_response(_generation_stream(viewer, start, ids, slot))
+    return _sse_response(_generation_stream(viewer, last_id, ids, slot))
 
 
 async def _next_items(viewer, pending):
@@ -322,9 +341,8 @@ async def _next_items(viewer, pending):
     return items, asyncio.ensure_future(viewer.queue.get())
 
 
-async def _open_stream_slot(user) -> tuple:
-    """Count one more open event stream for ``user``, or raise RateLimited over their cap."""
-    limit = (await database_sync_to_async(selectors.user_limits)(user=user))["max_open_streams"]
+async def _open_stream_slot(user, limit: int) -> tuple:
+    """Count one more open event stream for ``user``, or raise RateLimited over their cap (0: none)."""
     token = uuid.uuid4().hex
     if not await get_event_log().stream_open(user.pk, token, limit=limit, ttl=_stream_slot_ttl()):
         raise RateLimited(
@@ -344,6 +362,10 @@ async def _release(viewer, pending, slot) -> None:
     """A response stream ended: leave the feed and free the user's stream slot."""
     pending.cancel()
     viewer.feed.hub.leave(viewer)
+    await _release_slot(slot)
+
+
+async def _release_slot(slot) -> None:
     try:
         await get_event_log().stream_close(*slot)
     except Exception:
@@ -385,7 +407,7 @@ async def _generation_stream(viewer, last_id, ids, slot):
 @api_view("POST")
 async def message_stop(request, user, conversation_id, message_id):
     conversation = await selectors.aconversation_get_for_user(user=user, conversation_id=conversation_id)
-    message = await database_sync_to_async(selectors.message_get)(conversation=conversation, message_id=message_id)
+    message = await adb(selectors.message_get)(conversation=conversation, message_id=message_id)
     if message.status != chat_models.Message.Status.STREAMING:
         raise Conflict(f"This message is not being generated (it is {message.status}).", code="not_streaming")
     await streaming.generation_stop(message_id=message.id)
@@ -402,7 +424,8 @@ async def events(request, user, conversation_id):
         except ValueError:
             raise InvalidInput("Last-Event-ID is not an id this server gave out.", code="invalid_event_id") from None
     streaming.ensure_background()
-    slot = await _open_stream_slot(user)
+    limits = await adb(selectors.user_limits)(user=user)
+    slot = await _open_stream_slot(user, limits["max_open_streams"])
     viewer = await get_hub().join(conversation.id)
     return _sse_response(_conversation_stream(viewer, user, str(conversation.id), last_event_id, slot))
 

@@ -333,9 +333,12 @@ class RedisEventLog(EventLog):
         if client is None:
             import redis.asyncio as aioredis
 
-            client = aioredis.Redis.from_url(
-                self.url, decode_responses=True, max_connections=200, health_check_interval=30
+            # A blocking pool waits for a free connection instead of failing with
+            # "Too many connections" under a burst.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, decode_responses=True, max_connections=100, timeout=10, health_check_interval=30
             )
+            client = aioredis.Redis(connection_pool=pool)
             client._append = client.register_script(_APPEND)
             client._cut = client.register_script(_CUT)
             client._stream_open = client.register_script(_STREAM_OPEN)

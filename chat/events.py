@@ -8,7 +8,6 @@ from the in-process log).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 MESSAGE_CREATED = "message.created"
 MESSAGE_DELTA = "message.delta"
@@ -49,21 +48,36 @@ def parse_id(event_id: str) -> tuple[int, int]:
     return int(ms), int(n)
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
-    """One logged event: ``data`` is its JSON text, encoded once for every viewer."""
+    """One logged event: ``data`` is its JSON text; its wire frame is encoded once for every viewer."""
 
-    id: str
-    type: str
-    data: str
-    prev: str = "0-0"
+    __slots__ = ("id", "type", "data", "prev", "_key", "_frame")
+
+    def __init__(self, id: str, type: str, data: str, prev: str = "0-0"):
+        self.id, self.type, self.data, self.prev = id, type, data, prev
+        self._key = self._frame = None
+
+    def __repr__(self):
+        return f"Event({self.id!r}, {self.type!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Event) and (self.id, self.type, self.data, self.prev) == (
+            other.id,
+            other.type,
+            other.data,
+            other.prev,
+        )
 
     @property
     def key(self) -> tuple[int, int]:
-        return parse_id(self.id)
+        if self._key is None:
+            self._key = parse_id(self.id)
+        return self._key
 
     def frame(self) -> bytes:
-        return f"id: {self.id}\nevent: {self.type}\ndata: {self.data}\n\n".encode()
+        if self._frame is None:
+            self._frame = f"id: {self.id}\nevent: {self.type}\ndata: {self.data}\n\n".encode()
+        return self._frame
 
     def payload(self) -> dict:
         return json.loads(self.data)

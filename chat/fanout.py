@@ -82,7 +82,9 @@ class Feed:
 
     async def start(self) -> None:
         layer = self.hub.layer
-        self.channel = await layer.new_channel(prefix="feed.")
+        # Every process-local channel must share one prefix: channels-redis
+        # receives them all through one lock, blocking on one prefix's key.
+        self.channel = await layer.new_channel()
         await layer.group_add(conversation_group(self.conversation_id), self.channel)
         self.joined_at = time.monotonic()
         # Everything after this id arrives through the group or is filled from the log.

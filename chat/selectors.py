@@ -3,11 +3,11 @@
 import uuid
 from datetime import timedelta
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db.models import Exists, OuterRef, Prefetch, Q, Sum
 from django.utils import timezone
 
+from .db import adb
 from .errors import NotFound, RateLimited
 from .models import Conversation, Message, UsageLimit
 
@@ -59,7 +59,7 @@ def conversation_get_for_user(*, user, conversation_id):
         raise NotFound("No such conversation.", code="conversation_not_found") from None
 
 
-aconversation_get_for_user = sync_to_async(conversation_get_for_user)
+aconversation_get_for_user = adb(conversation_get_for_user)
 
 
 def conversation_is_visible(*, user, conversation_id) -> bool:
@@ -67,7 +67,7 @@ def conversation_is_visible(*, user, conversation_id) -> bool:
     return conversation_queryset_for_user(user=user).filter(pk=conversation_id).exists()
 
 
-aconversation_is_visible = sync_to_async(conversation_is_visible)
+aconversation_is_visible = adb(conversation_is_visible)
 
 
 def message_list(*, conversation):

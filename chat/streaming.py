@@ -13,11 +13,11 @@ import logging
 import time
 
 from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
 from . import selectors, services
+from .db import adb
 from .eventlog import StateChange, get_event_log
 from .events import (
     CONVERSATION_DELETED,
@@ -54,7 +54,7 @@ def get_provider():
 class Generation:
     """Streams one assistant message from the provider to the event log, then stores it once."""
 
-    def __init__(self, *, conversation, message, accepted_at: float):
+    def __init__(self, *, conversation, message, history, accepted_at: float):
         self.conversation_id = str(conversation.id)
         self.system_prompt = conversation.system_prompt
         self.conversation = conversation
@@ -62,6 +62,9 @@ class Generation:
         self.message_id = str(message.id)
         self.model = message.model
         self.accepted_at = accepted_at
+        self.history = history
+        # Set once message.created is logged for both messages: no delta may precede it.
+        self.announced = asyncio.Event()
         self.seq = 0
         self.content: list[str] = []
         self.reasoning: list[str] = []
@@ -72,6 +75,10 @@ class Generation:
         self.pump: asyncio.Task | None = None
         self.task: asyncio.Task | None = None
         self._checkpoint: asyncio.Task | None = None
+        self._publisher: asyncio.Task | None = None
+        self._pending: list[tuple[str, str]] = []
+        self._published_chars = 0
+        self._published_reasoning_chars = 0
         self._checkpointed_at = time.monotonic()
         self._publish_ok = True
         self._message_json = dumps(message_to_dict(message))
@@ -117,18 +124,15 @@ class Generation:
             raise asyncio.CancelledError
 
     async def _pump(self) -> None:
-        history = await database_sync_to_async(selectors.message_history_for_generation)(
-            conversation=self.conversation, before_message=self.message
-        )
         messages = [ChatMessage("system", self.system_prompt)] if self.system_prompt else []
-        messages += [ChatMessage(role, content) for role, content in history]
+        messages += [ChatMessage(role, content) for role, content in self.history]
         stream = get_provider().stream(model=self.model, messages=messages)
         try:
             async for event in stream:
                 if isinstance(event, TextDelta):
-                    await self._delta(content=event.text)
+                    self._delta(content=event.text)
                 elif isinstance(event, ReasoningDelta):
-                    await self._delta(reasoning=event.text)
+                    self._delta(reasoning=event.text)
                 elif isinstance(event, Usage):
                     self.usage = event
                 elif isinstance(event, Finish):
@@ -137,55 +141,83 @@ class Generation:
             # Closes the upstream response at once, also when stopped.
             await stream.aclose()
 
-    async def _delta(self, *, content: str = "", reasoning: str = "") -> None:
+    def _delta(self, *, content: str = "", reasoning: str = "") -> None:
+        """Take one provider delta; publishing happens in ``_publish_pending``.
+
+        While a publish is in flight, further provider chunks are merged into
+        the next delta: no added latency when the provider is slow, far fewer
+        Redis round trips when it is fast or the process is busy.
+        """
         if not content and not reasoning:
             return
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        self.seq += 1
         self.content.append(content)
         self.reasoning.append(reasoning)
-        data = {"message_id": self.message_id, "seq": self.seq, "content": content}
-        if reasoning:
-            data["reasoning"] = reasoning
-        change = StateChange("delta", self.message_id, seq=self.seq, content=content, reasoning=reasoning)
-        try:
-            _, lost = await publish(self.conversation_id, MESSAGE_DELTA, dumps(data), change)
-            if lost or not self._publish_ok:
-                # The log's store restarted: give it the whole message again for snapshots.
-                await get_event_log().seed(self.conversation_id, self._full_state())
-            self._publish_ok = True
-        except Exception:
-            # Keep generating: the final message is stored either way, and
-            # viewers whose feed saw a hole resync from the REST endpoint.
-            if self._publish_ok:
-                logger.exception("generation %s: publishing failed; continuing", self.message_id)
-            self._publish_ok = False
+        self._pending.append((content, reasoning))
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish_pending())
+
+    async def _publish_pending(self) -> None:
+        await self.announced.wait()
+        while self._pending:
+            content = "".join(c for c, _ in self._pending)
+            reasoning = "".join(r for _, r in self._pending)
+            self._pending.clear()
+            self.seq += 1
+            self._published_chars += len(content)
+            self._published_reasoning_chars += len(reasoning)
+            data = {"message_id": self.message_id, "seq": self.seq, "content": content}
+            if reasoning:
+                data["reasoning"] = reasoning
+            change = StateChange("delta", self.message_id, seq=self.seq, content=content, reasoning=reasoning)
+            try:
+                _, lost = await publish(self.conversation_id, MESSAGE_DELTA, dumps(data), change)
+                if lost or not self._publish_ok:
+                    # The log's store restarted: give it the whole message again for snapshots.
+                    await get_event_log().seed(self.conversation_id, self._full_state())
+                self._publish_ok = True
+            except Exception:
+                # Keep generating: the final message is stored either way, and
+                # viewers whose feed saw a hole resync from the REST endpoint.
+                if self._publish_ok:
+                    logger.exception("generation %s: publishing failed; continuing", self.message_id)
+                self._publish_ok = False
+            self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
         now = time.monotonic()
-        if now - self._checkpointed_at >= settings.CHAT_CHECKPOINT_SECONDS and (
-            self._checkpoint is None or self._checkpoint.done()
-        ):
-            self._checkpointed_at = now
-            self._checkpoint = asyncio.create_task(
-                database_sync_to_async(services.message_checkpoint)(
-                    message_id=self.message_id,
-                    content="".join(self.content),
-                    reasoning="".join(self.reasoning),
-                    seq=self.seq,
-                )
+        if now - self._checkpointed_at < settings.CHAT_CHECKPOINT_SECONDS:
+            return
+        if self._checkpoint is not None and not self._checkpoint.done():
+            return
+        self._checkpointed_at = now
+        # The published part only, so the stored content runs exactly through delta ``seq``.
+        self._checkpoint = asyncio.create_task(
+            adb(services.message_checkpoint)(
+                message_id=self.message_id,
+                content="".join(self.content)[: self._published_chars],
+                reasoning="".join(self.reasoning)[: self._published_reasoning_chars],
+                seq=self.seq,
             )
+        )
 
     def _full_state(self) -> StateChange:
         return StateChange(
             "seed",
             self.message_id,
             seq=self.seq,
-            content="".join(self.content),
-            reasoning="".join(self.reasoning),
+            content="".join(self.content)[: self._published_chars],
+            reasoning="".join(self.reasoning)[: self._published_reasoning_chars],
             message=self._message_json,
         )
 
     async def _finish(self, status: str, error) -> None:
+        # The final event follows both message.created events (a reply can fail at once).
+        await self.announced.wait()
+        # Every delta is published before the final event, so they add up to the stored content.
+        while self._publisher is not None and not self._publisher.done():
+            await asyncio.gather(self._publisher, return_exceptions=True)
         if self._checkpoint is not None:
             await asyncio.gather(self._checkpoint, return_exceptions=True)
         now = time.monotonic()
@@ -206,7 +238,7 @@ class Generation:
         message = None
         for attempt in range(5):
             try:
-                message = await database_sync_to_async(services.message_finish)(**fields)
+                message = await adb(services.message_finish)(**fields)
                 break
             except Exception:
                 # The database may be briefly unreachable; the reaper is the last resort.
@@ -229,7 +261,7 @@ class Generation:
 
     async def _listen_for_stop(self) -> None:
         layer = get_channel_layer()
-        channel = await layer.new_channel(prefix="generation.")
+        channel = await layer.new_channel()  # the same prefix as the feeds' (see fanout.Feed.start)
         group = generation_group(self.message_id)
         await layer.group_add(group, channel)
         try:
@@ -266,24 +298,28 @@ async def _publish_final_event(message) -> None:
     )
 
 
-async def generation_start(*, conversation, user_message, assistant_message, accepted_at: float) -> Generation:
-    """Announce both new messages and start generating the assistant's reply in this process.
+async def generation_start(*, conversation, user_message, assistant_message, history, accepted_at: float) -> Generation:
+    """Start generating the assistant's reply in this process, and announce both messages.
 
-    Emits ``message.created`` for each (the assistant's records its streaming
-    state in the log), takes the lease, and returns the running Generation.
+    The upstream request starts at once; meanwhile ``message.created`` is
+    logged for each message (the assistant's records its streaming state),
+    and no delta is published before that. Returns the running Generation.
     """
-    log = get_event_log()
-    generation = Generation(conversation=conversation, message=assistant_message, accepted_at=accepted_at)
-    await log.renew_lease(generation.message_id, settings.CHAT_LEASE_SECONDS)
-    await publish(conversation.id, MESSAGE_CREATED, dumps(message_to_dict(user_message)))
-    await publish(
-        conversation.id,
-        MESSAGE_CREATED,
-        generation._message_json,
-        StateChange("start", generation.message_id, message=generation._message_json),
+    generation = Generation(
+        conversation=conversation, message=assistant_message, history=history, accepted_at=accepted_at
     )
     _generations[generation.message_id] = generation
     generation.task = asyncio.create_task(generation.run(), name=f"generation {generation.message_id}")
+    try:
+        await publish(conversation.id, MESSAGE_CREATED, dumps(message_to_dict(user_message)))
+        await publish(
+            conversation.id,
+            MESSAGE_CREATED,
+            generation._message_json,
+            StateChange("start", generation.message_id, message=generation._message_json),
+        )
+    finally:
+        generation.announced.set()
     return generation
 
 
@@ -317,7 +353,7 @@ async def reap_interrupted(*, grace_seconds: float | None = None, confirm: bool 
     log = get_event_log()
     ended = 0
     missing = set()
-    for message_id in await database_sync_to_async(selectors.message_streaming_ids)(older_than_seconds=grace):
+    for message_id in await adb(selectors.message_streaming_ids)(older_than_seconds=grace):
         message_id = str(message_id)
         if message_id in _generations or await log.has_lease(message_id):
             continue
@@ -326,9 +362,7 @@ async def reap_interrupted(*, grace_seconds: float | None = None, confirm: bool 
         # only a lease missing on two passes in a row means the process is gone.
         if confirm and message_id not in _suspects:
             continue
-        message = await database_sync_to_async(services.message_interrupt)(
-            message_id=message_id, reason=INTERRUPTED_REASON
-        )
+        message = await adb(services.message_interrupt)(message_id=message_id, reason=INTERRUPTED_REASON)
         if message is not None:
             logger.warning("message %s interrupted: its generation is gone", message_id)
             await _publish_final(message)

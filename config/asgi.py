@@ -2,11 +2,33 @@
 
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
-django_application = get_asgi_application()
+import django  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+
+django.setup(set_prefix=False)
+
+
+class ChatASGIHandler(ASGIHandler):
+    """Django's handler, but event streams run outside a per-request thread context.
+
+    Django gives each request its own thread for thread-sensitive sync code
+    (middleware hooks) for as long as the request lasts: for an event stream
+    that is as long as the tab is open, an OS thread per viewer. Event streams
+    (and message posts, which may stream) use the process's single shared sync
+    thread instead; their ORM calls run on the shared pool (see chat.db).
+    """
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith("/api/") and path.endswith(("/events/", "/messages/")):
+            await self.handle(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+django_application = ChatASGIHandler()
 
 from django.conf import settings  # noqa: E402
 

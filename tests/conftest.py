@@ -329,6 +329,8 @@ class Stack:
             "LLM_MODELS": llm_models,
             "LLM_API_KEY": "sk-test-SECRET-do-not-leak-1234",
             "PYTHONUNBUFFERED": "1",
+            # Tests post quickly; the limits have tests of their own.
+            "CHAT_MESSAGES_PER_MINUTE": "0",
             **(extra_env or {}),
         }
         self.procs: dict[int, subprocess.Popen] = {}

@@ -171,6 +171,9 @@ CHAT_REAPER_INTERVAL_SECONDS = env.float("CHAT_REAPER_INTERVAL_SECONDS", default
 # Partial content is written to the database at most this often.
 CHAT_CHECKPOINT_SECONDS = env.float("CHAT_CHECKPOINT_SECONDS", default=1.0)
 
+# ORM calls from async code run on the shared thread pool (see chat/db.py).
+CHAT_DB_SHARED_POOL = True
+
 # Team-wide usage limits (0 = unlimited); per-user overrides in the admin.
 CHAT_DAILY_TOKEN_QUOTA = env.int("CHAT_DAILY_TOKEN_QUOTA", default=1_000_000)
 CHAT_MESSAGES_PER_MINUTE = env.int("CHAT_MESSAGES_PER_MINUTE", default=20)
