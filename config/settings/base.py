@@ -90,14 +90,14 @@ REDIS_URL = env("REDIS_URL", default="")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # The pub/sub layer: a group send is one PUBLISH and each process
+            # has one subscription, a fraction of the core layer's CPU per
+            # message. Pub/sub delivers at most once (nothing is kept for a
+            # subscriber that is away); the event log fills any gap (chat.fanout).
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
                 "hosts": [REDIS_URL],
-                # Over capacity channels-redis drops group messages silently;
-                # the event log fills such gaps, a larger capacity makes them rare.
-                "capacity": 2000,
-                "expiry": 60,
-                "prefix": "chat:layer:",
+                "prefix": "chat:layer",
             },
         }
     }

@@ -1,0 +1,1 @@
+"""Benchmarks of the streaming path, printed as numbers (docs/benchmarks.md): ``python -m bench``."""

@@ -1,0 +1,73 @@
+"""``python -m bench [fanout] [ttft] [capacity] [writes] [memory] [--quick] [--no-doc] [--postgres]``"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime
+
+from . import capacity, fanout, first_token, memory, report, writes
+from .deployment import Deployment, raise_fd_limit
+
+# In the order of docs/benchmarks.md; RUN_ORDER measures time to first token first, on a quiet deployment.
+SCENARIOS = {"fanout": fanout, "ttft": first_token, "capacity": capacity, "writes": writes, "memory": memory}
+RUN_ORDER = ("ttft", "fanout", "capacity", "writes", "memory")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "scenarios", nargs="*", metavar="scenario", help=f"any of: {' '.join(SCENARIOS)} (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="small versions: a smoke test, not figures to quote")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="a throwaway PostgreSQL cluster instead of a SQLite file (figures printed, not saved)",
+    )
+    args = parser.parse_args(argv)
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s): {' '.join(sorted(unknown))}; choose from {' '.join(SCENARIOS)}")
+    args.scenarios = [name for name in RUN_ORDER if name in (args.scenarios or SCENARIOS)]
+    return args
+
+
+async def main(argv) -> int:
+    args = parse_args(argv)
+    limit = raise_fd_limit()
+    print(
+        f"bench: {' '.join(args.scenarios)}{' (quick)' if args.quick else ''}"
+        f" on {'PostgreSQL' if args.postgres else 'SQLite'}; open-files limit {limit}",
+        flush=True,
+    )
+    models = [m for name in args.scenarios for m in SCENARIOS[name].models(args.quick)]
+    command = "python -m bench" + "".join(f" {a}" for a in argv)
+    results = {}
+    started = time.monotonic()
+    deployment = Deployment(models, postgres=args.postgres)
+    try:
+        deployment.start()
+        for name in args.scenarios:
+            print(f"{name}:", flush=True)
+            result = await SCENARIOS[name].run(deployment, args.quick)
+            result["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+            result["command"] = command
+            results[name] = result
+            if not args.quick and not args.postgres:
+                report.save(name, result)
+    finally:
+        deployment.stop()
+    report.print_table({name: results[name] for name in SCENARIOS if name in results})
+    print(f"\nbench: done in {time.monotonic() - started:.0f} s", flush=True)
+    if not args.quick and not args.postgres and not args.no_doc:
+        report.write_doc(report.load_all(list(SCENARIOS)), SCENARIOS)
+        print(f"bench: wrote {report.DOC.relative_to(report.ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))
