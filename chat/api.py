@@ -430,11 +430,6 @@ async def events(request, user, conversation_id):
     return _sse_response(_conversation_stream(viewer, user, str(conversation.id), last_event_id, slot))
 
 
-def _still_visible(user, event) -> bool:
-    conversation = event.payload()
-    return conversation["owner"] == user.username or user.username in conversation["members"]
-
-
 async def _conversation_stream(viewer, user, conversation_id, last_event_id, slot):
     """Every event of the conversation, live, from a snapshot or from ``last_event_id``."""
     viewer.started = True
@@ -495,7 +490,10 @@ async def _conversation_stream(viewer, user, conversation_id, last_event_id, slo
                     if chunk:
                         yield b"".join(chunk)
                     return
-                if item.type == CONVERSATION_UPDATED and not _still_visible(user, item):
+                # Membership may have changed: ask the one visibility rule again.
+                if item.type == CONVERSATION_UPDATED and not await selectors.aconversation_is_visible(
+                    user=user, conversation_id=conversation_id
+                ):
                     if chunk:
                         yield b"".join(chunk)
                     return
