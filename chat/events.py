@@ -79,9 +79,6 @@ class Event:
             self._frame = f"id: {self.id}\nevent: {self.type}\ndata: {self.data}\n\n".encode()
         return self._frame
 
-    def payload(self) -> dict:
-        return json.loads(self.data)
-
 
 def frame(event_type: str, data: dict, event_id: str | None = None) -> bytes:
     """An event that is not in the log (a snapshot, resync), encoded for the wire."""
