@@ -302,7 +302,6 @@ async def messages(request, user, conversation_id):
         if slot is not None:
             await _release_slot(slot)
         raise
-    streaming.ensure_background()
     start = dict(
         conversation=conversation,
         user_message=user_message,
@@ -423,7 +422,6 @@ async def events(request, user, conversation_id):
             parse_id(last_event_id)
         except ValueError:
             raise InvalidInput("Last-Event-ID is not an id this server gave out.", code="invalid_event_id") from None
-    streaming.ensure_background()
     limits = await adb(selectors.user_limits)(user=user)
     slot = await _open_stream_slot(user, limits["max_open_streams"])
     viewer = await get_hub().join(conversation.id)

@@ -438,9 +438,3 @@ def get_event_log() -> EventLog:
     if _log is None:
         _log = RedisEventLog(settings.REDIS_URL) if settings.REDIS_URL else MemoryEventLog()
     return _log
-
-
-def reset_event_log() -> None:
-    """Forget the process's log object (tests that change settings)."""
-    global _log
-    _log = None

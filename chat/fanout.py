@@ -88,8 +88,7 @@ class Feed:
         await layer.group_add(conversation_group(self.conversation_id), self.channel)
         self.joined_at = time.monotonic()
         # Everything after this id arrives through the group or is filled from the log.
-        self.last_id = await self.hub.log.tail(self.conversation_id)
-        _, states = await self.hub.log.cut(self.conversation_id)
+        self.last_id, states = await self.hub.log.cut(self.conversation_id)
         self.generating = bool(states)
         self.task = asyncio.create_task(self._run(), name=f"feed {self.conversation_id}")
 
@@ -229,9 +228,6 @@ class Hub:
                 return
             del self.feeds[feed.conversation_id]
             await feed.stop()
-
-    def viewer_count(self) -> int:
-        return sum(len(feed.viewers) for feed in self.feeds.values())
 
 
 _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}

@@ -112,14 +112,6 @@ def message_history_for_generation(*, conversation, before_message) -> list[tupl
     return kept
 
 
-def messages_streaming(*, conversation_id=None):
-    """Messages still marked streaming (the reaper's and the snapshot's query)."""
-    queryset = Message.objects.filter(status=Message.Status.STREAMING).select_related("author")
-    if conversation_id is not None:
-        queryset = queryset.filter(conversation_id=conversation_id)
-    return list(queryset.order_by("created_at"))
-
-
 def message_streaming_ids(*, older_than_seconds: float = 0) -> list:
     """Ids of messages marked streaming, created at least ``older_than_seconds`` ago (the reaper's query)."""
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)

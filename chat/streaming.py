@@ -406,10 +406,6 @@ async def shutdown(timeout: float = 10.0) -> None:
         task.cancel()
 
 
-def running_generations() -> int:
-    return len(_generations)
-
-
 async def apublish_conversation_updated(*, conversation: dict) -> None:
     await publish(conversation["id"], CONVERSATION_UPDATED, dumps(conversation))
 

@@ -80,7 +80,7 @@ def test_redis_restart_mid_stream(fake_provider, stack_factory):
                 break
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        assert last["status"] == "complete"
+        assert last["id"] == assistant_id and last["status"] == "complete"
         assert last["content"] == reply_text(SLOW, [{"role": "user", "content": "hi"}])
         # The viewer was told to resync (it cannot have seen every delta) and stays connected.
         viewer.wait_for(lambda e: e.type == "resync", timeout=20)
