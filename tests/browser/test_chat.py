@@ -375,7 +375,15 @@ def test_offline_mid_stream_resumes_without_loss_or_repeat(open_page, live):
     wait_partial(page, min_chars=20)
     page.context.set_offline(True)
     expect(page.locator("#connection-status")).to_contain_text("offline")
-    before = last_assistant(page).locator(".message-content").inner_text()
+    # Deltas received just before the drop are painted on a later animation frame: let that settle.
+    content = last_assistant(page).locator(".message-content")
+    before, deadline = None, time.monotonic() + 3
+    while time.monotonic() < deadline:
+        now = content.inner_text()
+        if now == before:
+            break
+        before = now
+        time.sleep(0.3)
     time.sleep(1.5)  # the reply goes on on the server meanwhile
     assert last_assistant(page).locator(".message-content").inner_text() == before
     page.context.set_offline(False)
