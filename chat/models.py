@@ -65,10 +65,12 @@ class Message(models.Model):
     reasoning = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     model = models.CharField(max_length=MODEL_MAX_LENGTH, blank=True, null=True)
-    # Usage exactly as the provider reported it; null = it reported none.
+    # Usage as the provider reported it, or estimated (usage_estimated); null = none known.
     prompt_tokens = models.IntegerField(null=True, blank=True)
     completion_tokens = models.IntegerField(null=True, blank=True)
     total_tokens = models.IntegerField(null=True, blank=True)
+    # True when the server estimated the usage (chat.tokens) because the provider reported none.
+    usage_estimated = models.BooleanField(default=False)
     finish_reason = models.CharField(max_length=64, null=True, blank=True)
     error_code = models.CharField(max_length=64, null=True, blank=True)
     error_message = models.TextField(null=True, blank=True)
@@ -136,6 +138,7 @@ class Message(models.Model):
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "estimated": self.usage_estimated,
         }
 
     @property

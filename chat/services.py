@@ -8,10 +8,14 @@ from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .models import Conversation, Message
+from .selectors import message_history_for_generation
+from .tokens import estimate_usage
 
 
 def _require_owner(*, conversation, user):
@@ -113,16 +117,30 @@ def message_submit(*, conversation, author, content: str, model: str) -> tuple[M
     return user_message, assistant_message
 
 
-def message_checkpoint(*, message_id, content: str, reasoning: str, seq: int) -> bool:
+def message_checkpoint(
+    *, message_id, content: str, reasoning: str, seq: int, stored: tuple[int, int, int] | None = None
+) -> bool:
     """Save a streaming message's partial content through delta ``seq``.
 
-    Writes only while the message is still streaming; returns whether it did.
+    ``stored`` is what this generation's previous checkpoint wrote: (seq,
+    content length, reasoning length). Then only the text after it is
+    appended (``content || part``), on the condition that the row is still at
+    that seq; if it is not (or without ``stored``) the whole text is written.
+    An endless reply thus writes each character about once, not once a
+    checkpoint. Writes only while the message is still streaming; returns
+    whether it did.
     """
-    return bool(
-        Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
-            content=content, reasoning=reasoning, seq=seq
+    streaming = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING)
+    if stored is not None:
+        stored_seq, content_chars, reasoning_chars = stored
+        appended = streaming.filter(seq=stored_seq).update(
+            content=Concat(F("content"), Value(content[content_chars:])),
+            reasoning=Concat(F("reasoning"), Value(reasoning[reasoning_chars:])),
+            seq=seq,
         )
-    )
+        if appended:
+            return True
+    return bool(streaming.update(content=content, reasoning=reasoning, seq=seq))
 
 
 def message_finish(
@@ -138,12 +156,15 @@ def message_finish(
     error_message: str | None = None,
     time_to_first_token_ms: int | None = None,
     duration_ms: int | None = None,
+    usage_estimated: bool = False,
 ) -> Message | None:
     """Persist a streaming message's final state, once.
 
     Only a message still ``streaming`` is written (a conditional UPDATE), so a
     stop, a failure and the reaper can race and exactly one of them wins.
-    Returns the stored message, or None if it had already ended.
+    ``finish_reason`` and ``error_code`` are cut to their columns (a provider
+    may send anything). Returns the stored message, or None if it had already
+    ended.
     """
     now = timezone.now()
     fields = dict(
@@ -151,8 +172,8 @@ def message_finish(
         content=content,
         reasoning=reasoning,
         seq=seq,
-        finish_reason=finish_reason,
-        error_code=error_code,
+        finish_reason=_fit(finish_reason, "finish_reason"),
+        error_code=_fit(error_code, "error_code"),
         error_message=error_message,
         completed_at=now,
         time_to_first_token_ms=time_to_first_token_ms,
@@ -163,6 +184,7 @@ def message_finish(
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.total_tokens,
+            usage_estimated=usage_estimated,
         )
     with transaction.atomic():
         updated = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(**fields)
@@ -173,9 +195,17 @@ def message_finish(
     return message
 
 
+def _fit(value: str | None, field: str) -> str | None:
+    """``value`` cut to the length of Message's ``field`` column."""
+    return None if value is None else value[: Message._meta.get_field(field).max_length]
+
+
 def message_interrupt(*, message_id, reason: str) -> Message | None:
     """End a streaming message whose generation is gone as ``interrupted``, keeping its checkpoint.
 
+    Its usage is estimated (``usage_estimated``): the prompt from the system
+    prompt and the history its generation was sent (the same selector, read
+    again), the completion from the checkpoint's content and reasoning.
     Returns the message if this call ended it, None if it had already ended.
     """
     now = timezone.now()
@@ -183,12 +213,21 @@ def message_interrupt(*, message_id, reason: str) -> Message | None:
         message = Message.objects.select_for_update().filter(pk=message_id, status=Message.Status.STREAMING).first()
         if message is None:
             return None
+        conversation = Conversation.objects.get(pk=message.conversation_id)
+        history = message_history_for_generation(conversation=conversation, before_message=message)
+        usage = estimate_usage(
+            system_prompt=conversation.system_prompt, history=history, received=[message.content, message.reasoning]
+        )
         Message.objects.filter(pk=message_id).update(
             status=Message.Status.INTERRUPTED,
             error_code="interrupted",
             error_message=reason,
             completed_at=now,
             duration_ms=int((now - message.created_at).total_seconds() * 1000),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            usage_estimated=True,
         )
         Conversation.objects.filter(pk=message.conversation_id).update(updated_at=now)
     return Message.objects.select_related("author").get(pk=message_id)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from . import selectors, services
 from .db import adb
@@ -31,10 +33,16 @@ from .fanout import generation_group, publish
 from .providers import build_provider, shared_client
 from .providers.base import ChatMessage, Finish, ProviderError, ReasoningDelta, TextDelta, Usage
 from .serializers import message_to_dict
+from .tokens import estimate_usage
 
 logger = logging.getLogger(__name__)
 
 INTERRUPTED_REASON = "The server generating this reply stopped before it finished. Send the message again to retry."
+STORAGE_FAILED_REASON = (
+    "The reply could not be stored as it was received; what could be stored is shown. Send the message again to retry."
+)
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # This process's running generations, by message id (also keeps their tasks referenced).
 _generations: dict[str, Generation] = {}
@@ -49,6 +57,15 @@ def get_provider():
     return build_provider(
         api=settings.LLM_API, base_url=settings.LLM_BASE_URL, api_key=settings.LLM_API_KEY, client=client
     )
+
+
+class ReplyLimitReached(Exception):
+    """The reply passed CHAT_MAX_REPLY_CHARS or CHAT_MAX_REPLY_SECONDS; it ends ``failed`` with ``code``."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class Generation:
@@ -79,7 +96,11 @@ class Generation:
         self._pending: list[tuple[str, str]] = []
         self._published_chars = 0
         self._published_reasoning_chars = 0
+        # Content + reasoning characters taken, against CHAT_MAX_REPLY_CHARS.
+        self._chars = 0
         self._checkpointed_at = time.monotonic()
+        # (seq, content chars, reasoning chars) the last checkpoint stored: the next one appends after it.
+        self._stored = (0, 0, 0)
         self._publish_ok = True
         self._message_json = dumps(message_to_dict(message))
 
@@ -97,7 +118,7 @@ class Generation:
         self.pump = asyncio.create_task(self._pump())
         try:
             await self.pump
-        except ProviderError as exc:
+        except (ProviderError, ReplyLimitReached) as exc:
             status, error = "failed", (exc.code, exc.message)
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():
@@ -127,16 +148,25 @@ class Generation:
         messages = [ChatMessage("system", self.system_prompt)] if self.system_prompt else []
         messages += [ChatMessage(role, content) for role, content in self.history]
         stream = get_provider().stream(model=self.model, messages=messages)
+        limit = settings.CHAT_MAX_REPLY_SECONDS
+        deadline = asyncio.timeout_at(self.accepted_at + limit if limit else None)
         try:
-            async for event in stream:
-                if isinstance(event, TextDelta):
-                    self._delta(content=event.text)
-                elif isinstance(event, ReasoningDelta):
-                    self._delta(reasoning=event.text)
-                elif isinstance(event, Usage):
-                    self.usage = event
-                elif isinstance(event, Finish):
-                    self.finish_reason = event.reason
+            async with deadline:
+                async for event in stream:
+                    if isinstance(event, TextDelta):
+                        self._delta(content=event.text)
+                    elif isinstance(event, ReasoningDelta):
+                        self._delta(reasoning=event.text)
+                    elif isinstance(event, Usage):
+                        self.usage = event
+                    elif isinstance(event, Finish):
+                        self.finish_reason = event.reason
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise ReplyLimitReached(
+                "reply_timeout", f"The reply was stopped at the server's time limit of {limit:g} seconds."
+            ) from None
         finally:
             # Closes the upstream response at once, also when stopped.
             await stream.aclose()
@@ -150,13 +180,26 @@ class Generation:
         """
         if not content and not reasoning:
             return
-        if self.first_token_at is None:
-            self.first_token_at = time.monotonic()
-        self.content.append(content)
-        self.reasoning.append(reasoning)
-        self._pending.append((content, reasoning))
-        if self._publisher is None or self._publisher.done():
-            self._publisher = asyncio.create_task(self._publish_pending())
+        cap = settings.CHAT_MAX_REPLY_CHARS
+        over = bool(cap) and self._chars + len(content) + len(reasoning) > cap
+        if over:
+            # Keep the text through the cap: viewers get it, and it is what is stored.
+            room = cap - self._chars
+            content = content[:room]
+            reasoning = reasoning[: room - len(content)]
+        self._chars += len(content) + len(reasoning)
+        if content or reasoning:
+            if self.first_token_at is None:
+                self.first_token_at = time.monotonic()
+            self.content.append(content)
+            self.reasoning.append(reasoning)
+            self._pending.append((content, reasoning))
+            if self._publisher is None or self._publisher.done():
+                self._publisher = asyncio.create_task(self._publish_pending())
+        if over:
+            raise ReplyLimitReached(
+                "reply_too_long", f"The reply was stopped at the server's limit of {cap:,} characters."
+            )
 
     async def _publish_pending(self) -> None:
         await self.announced.wait()
@@ -194,13 +237,20 @@ class Generation:
         self._checkpointed_at = now
         # The published part only, so the stored content runs exactly through delta ``seq``.
         self._checkpoint = asyncio.create_task(
-            adb(services.message_checkpoint)(
-                message_id=self.message_id,
+            self._write_checkpoint(
                 content="".join(self.content)[: self._published_chars],
                 reasoning="".join(self.reasoning)[: self._published_reasoning_chars],
                 seq=self.seq,
             )
         )
+
+    async def _write_checkpoint(self, *, content: str, reasoning: str, seq: int) -> None:
+        """Store the partial message; the database gets only what is new since the last checkpoint."""
+        written = await adb(services.message_checkpoint)(
+            message_id=self.message_id, content=content, reasoning=reasoning, seq=seq, stored=self._stored
+        )
+        if written:
+            self._stored = (seq, len(content), len(reasoning))
 
     def _full_state(self) -> StateChange:
         return StateChange(
@@ -222,31 +272,72 @@ class Generation:
             await asyncio.gather(self._checkpoint, return_exceptions=True)
         now = time.monotonic()
         ttft = None if self.first_token_at is None else int((self.first_token_at - self.accepted_at) * 1000)
+        content, reasoning = "".join(self.content), "".join(self.reasoning)
+        reported = self.usage is not None and any(
+            count is not None
+            for count in (self.usage.prompt_tokens, self.usage.completion_tokens, self.usage.total_tokens)
+        )
+        estimate = self._estimate(status, error[0], content, reasoning)
         fields = dict(
             message_id=self.message_id,
             status=status,
-            content="".join(self.content),
-            reasoning="".join(self.reasoning),
+            content=content,
+            reasoning=reasoning,
             seq=self.seq,
-            usage=self.usage,
+            usage=self.usage if reported else estimate,
+            usage_estimated=not reported and estimate is not None,
             finish_reason=self.finish_reason,
             error_code=error[0],
             error_message=error[1],
             time_to_first_token_ms=ttft,
             duration_ms=int((now - self.accepted_at) * 1000),
         )
-        message = None
-        for attempt in range(5):
-            try:
-                message = await adb(services.message_finish)(**fields)
-                break
-            except Exception:
-                # The database may be briefly unreachable; the reaper is the last resort.
-                logger.exception("generation %s: storing the final message failed (try %d)", self.message_id, attempt)
-                await asyncio.sleep(0.5 * (attempt + 1))
-        if message is None:
-            return
-        await _publish_final(message)
+        message = await self._store(fields, estimate)
+        if message is not None:
+            await _publish_final(message)
+
+    def _estimate(self, status: str, error_code: str | None, content: str, reasoning: str) -> Usage | None:
+        """The usage estimated from the text sent and received (``chat.tokens``).
+
+        None for a request the provider refused outright (failed before any
+        text): providers bill nothing for it.
+        """
+        if status == "failed" and not self._chars and error_code != "reply_timeout":
+            return None
+        return estimate_usage(system_prompt=self.system_prompt, history=self.history, received=[content, reasoning])
+
+    async def _store(self, fields: dict, estimate: Usage | None):
+        """Write the final state: as received; if the database refuses that row, once made safe; if it refuses
+        that too, as ``failed`` with ``storage_failed`` and the safe content.
+
+        Returns the stored message, or None: it had ended already, or the
+        database stayed unreachable (the reaper ends it from its checkpoint).
+        """
+        # Text without NULs and lone surrogates, and the estimate instead of the provider's counts.
+        safe = {name: _storable(fields[name]) for name in ("content", "reasoning", "finish_reason", "error_message")}
+        safe = {**fields, **safe, "usage": estimate, "usage_estimated": estimate is not None}
+        failed = {
+            **safe,
+            "status": "failed",
+            "finish_reason": None,
+            "error_code": "storage_failed",
+            "error_message": STORAGE_FAILED_REASON,
+        }
+        for attempt in (fields, safe, failed):
+            for tries in range(5):
+                try:
+                    return await adb(services.message_finish)(**attempt)
+                except (OperationalError, InterfaceError):
+                    # The database may be briefly unreachable: the same write again.
+                    logger.exception("generation %s: storing the final message failed (try %d)", self.message_id, tries)
+                    await asyncio.sleep(0.5 * (tries + 1))
+                except Exception:
+                    # The row itself was refused (a value a column or a constraint rejects): a safer row next.
+                    logger.exception("generation %s: the database refused the final message", self.message_id)
+                    break
+            else:
+                return None
+        return None
 
     async def _keep_lease(self) -> None:
         log = get_event_log()
@@ -279,6 +370,11 @@ class Generation:
                 await layer.group_discard(group, channel)
             except Exception:
                 pass
+
+
+def _storable(text: str | None) -> str | None:
+    """``text`` with NUL characters and lone surrogates (which no database column takes) replaced by U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", text) if text else text
 
 
 async def _publish_final(message) -> None:

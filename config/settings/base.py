@@ -170,6 +170,10 @@ CHAT_LEASE_SECONDS = env.float("CHAT_LEASE_SECONDS", default=20.0)
 CHAT_REAPER_INTERVAL_SECONDS = env.float("CHAT_REAPER_INTERVAL_SECONDS", default=10.0)
 # Partial content is written to the database at most this often.
 CHAT_CHECKPOINT_SECONDS = env.float("CHAT_CHECKPOINT_SECONDS", default=1.0)
+# A reply ends failed past this many characters (content + reasoning) or seconds
+# after its post was accepted (reply_too_long / reply_timeout); 0 = no cap.
+CHAT_MAX_REPLY_CHARS = env.int("CHAT_MAX_REPLY_CHARS", default=200_000)
+CHAT_MAX_REPLY_SECONDS = env.float("CHAT_MAX_REPLY_SECONDS", default=600.0)
 
 # ORM calls from async code run on the shared thread pool (see chat/db.py).
 CHAT_DB_SHARED_POOL = True

@@ -242,7 +242,7 @@ def test_export_json_holds_contract_objects_with_messages(superuser_client, team
         assert exported[conv.title] == expected
     first_reply = exported["Roadmap"]["messages"][1]
     assert exported["Roadmap"]["owner"] == "olivia" and exported["Roadmap"]["members"] == ["max"]
-    assert first_reply["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    assert first_reply["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "estimated": False}
     assert exported["Roadmap"]["messages"][5]["error"] == {
         "code": "upstream_error",
         "message": "The model provider failed.",

@@ -25,7 +25,7 @@ def test_tokens_cannot_be_negative(conversation, field):
 
 def test_tokens_may_be_unreported(conversation):
     message = make_message(conversation, prompt_tokens=None, completion_tokens=3, total_tokens=None)
-    assert message.usage == {"prompt_tokens": None, "completion_tokens": 3, "total_tokens": None}
+    assert message.usage == {"prompt_tokens": None, "completion_tokens": 3, "total_tokens": None, "estimated": False}
     assert make_message(conversation).usage is None
 
 

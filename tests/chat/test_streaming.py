@@ -137,7 +137,7 @@ def test_viewer_on_another_process_gets_exactly_the_generated_text(servers, peop
     final = events[-1].data
     expected = expected_text(STEADY)
     assert streamed == final["content"] == expected
-    assert final["usage"] == {"prompt_tokens": 11, "completion_tokens": 40, "total_tokens": 51}
+    assert final["usage"] == {"prompt_tokens": 11, "completion_tokens": 40, "total_tokens": 51, "estimated": False}
     assert final["finish_reason"] == "stop" and final["error"] is None
     rest = member_b.get(f"/api/conversations/{conversation['id']}/").json()["messages"][-1]
     assert rest["content"] == expected and rest["status"] == "complete" and rest["usage"] == final["usage"]
