@@ -100,7 +100,8 @@ class Generation:
         self._chars = 0
         self._checkpointed_at = time.monotonic()
         # (seq, content chars, reasoning chars) the last checkpoint stored: the next one appends after it.
-        self._stored = (0, 0, 0)
+        # None until then: the first checkpoint writes in full, whatever the placeholder held.
+        self._stored: tuple[int, int, int] | None = None
         self._publish_ok = True
         self._message_json = dumps(message_to_dict(message))
 
