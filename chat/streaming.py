@@ -55,7 +55,11 @@ def get_provider():
         return build_provider(api="demo", base_url="", api_key="", client=None)
     client = shared_client(connect_timeout=settings.LLM_CONNECT_TIMEOUT, read_timeout=settings.LLM_READ_TIMEOUT)
     return build_provider(
-        api=settings.LLM_API, base_url=settings.LLM_BASE_URL, api_key=settings.LLM_API_KEY, client=client
+        api=settings.LLM_API,
+        base_url=settings.LLM_BASE_URL,
+        api_key=settings.LLM_API_KEY,
+        client=client,
+        max_tokens=settings.LLM_MAX_TOKENS,
     )
 
 

@@ -63,6 +63,15 @@ Parameters:
     content_type=text/event-stream      e.g. application/json, text/html
     leak=0             1: error messages quote the request's Authorization header
                        (like OpenAI's "Incorrect API key provided") to test scrubbing
+    leak_url=0         1: error messages also quote the request's path and query (like a gateway's 404 page)
+    error_pad=0        N characters (" xxx...") after the error message's own words, before what ``leak`` quotes
+                       (to put a cut at a chosen offset inside the key)
+    usage_prompt=, usage_completion=, usage_total=
+                       report this instead of the count, as JSON when it parses (-5, 1e30, true,
+                       99999999999999999999) else as a string (abc)
+    surrogate_at=K     delta K (from 0) ends with a lone surrogate, sent as the JSON escape "\ud800"
+    nul_at=K           delta K ends with a NUL character (JSON "\u0000")
+    longline=N         after the deltas, a data line of N bytes ("x") that never ends; then the body ends
     replay=NAME        send tests/data/NAME verbatim (eol, bom, split, cut, framing apply)
 
 ``reply_text(model, messages)`` gives the text a client must assemble.
@@ -145,6 +154,14 @@ class Scenario:
     retry_date: float | None = None
     content_type: str = "text/event-stream"
     leak: bool = False
+    leak_url: bool = False
+    error_pad: int = 0
+    usage_prompt: str | None = None
+    usage_completion: str | None = None
+    usage_total: str | None = None
+    surrogate_at: int | None = None
+    nul_at: int | None = None
+    longline: int = 0
     replay: str | None = None
 
 
@@ -186,8 +203,13 @@ def reply_pieces(scenario: Scenario, messages: list[dict[str, Any]] = ()) -> lis
     if scenario.text is not None:
         n = max(1, min(scenario.chunks, len(scenario.text)))
         cuts = [len(scenario.text) * i // n for i in range(n + 1)]
-        return [scenario.text[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
-    return [f"w{i}·你好👋 " for i in range(scenario.chunks)]
+        pieces = [scenario.text[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+    else:
+        pieces = [f"w{i}·你好👋 " for i in range(scenario.chunks)]
+    for at, odd in ((scenario.surrogate_at, "\ud800"), (scenario.nul_at, "\x00")):
+        if at is not None and at < len(pieces):
+            pieces[at] += odd
+    return pieces
 
 
 def reply_text(model: str, messages: list[dict[str, Any]] = ()) -> str:
@@ -410,7 +432,8 @@ class FakeProvider:
         with self._lock:
             record["id"] = len(self._log) + 1
             self._log.append(record)
-        api = "openai" if path.endswith(OPENAI_PATH) else "dashscope" if path.endswith(DASHSCOPE_PATH) else None
+        route = path.partition("?")[0]  # a gateway's key may ride in the query
+        api = "openai" if route.endswith(OPENAI_PATH) else "dashscope" if route.endswith(DASHSCOPE_PATH) else None
         try:
             scenario = parse_model(model or "")
         except ValueError as exc:
@@ -452,7 +475,7 @@ class FakeProvider:
                 extra["Retry-After"] = scenario.retry_after
             if scenario.retry_date is not None:
                 extra["Retry-After"] = email.utils.formatdate(time.time() + scenario.retry_date, usegmt=True)
-            message = f"fake HTTP {scenario.status}" + (f"; you sent {key!r}" if scenario.leak else "")
+            message = f"fake HTTP {scenario.status}" + _leaked(scenario, key, response.record["path"])
             data = json.dumps(_error_body(api, scenario.status, message)).encode()
             extra["Content-Length"] = str(len(data))
             head = f"HTTP/1.1 {scenario.status} {_REASONS.get(scenario.status, 'Status')}\r\n"
@@ -478,6 +501,9 @@ class FakeProvider:
                 await response.event(text())
                 self._set(response.record, deltas_sent=response.record["deltas_sent"] + 1)
             elif kind == "end":
+                if scenario.longline:
+                    await self._long_line(scenario.longline, response)
+                    return await self._finish(scenario, response)
                 failure = self._failure(scenario, None)
                 if failure:
                     return await self._fail(failure, scenario, response, api, key)
@@ -496,7 +522,7 @@ class FakeProvider:
 
     async def _fail(self, failure: str, scenario: Scenario, response: _Response, api: str, key: str) -> str:
         if failure == "error_after":
-            message = "fake failure mid-stream" + (f"; you sent {key!r}" if scenario.leak else "")
+            message = "fake failure mid-stream" + _leaked(scenario, key, response.record["path"])
             if api == "openai":
                 error = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
                 await response.event(f"data: {json.dumps(error)}\n\n")
@@ -516,11 +542,48 @@ class FakeProvider:
         await asyncio.wait([response.watch])  # stall until the client goes away
         return "client_closed"
 
+    @staticmethod
+    async def _long_line(size: int, response: _Response) -> None:
+        """Write a data line of ``size`` bytes without its end, a block at a time (it may be 100 MB)."""
+        await response.body(b"data: ")
+        block = b"x" * 65536
+        for start in range(0, size, len(block)):
+            await response.body(block[: size - start])
+
     async def _finish(self, scenario: Scenario, response: _Response) -> str:
         await response.end()
         if scenario.framing == "close":
             response.writer.close()
         return "completed"
+
+
+def _leaked(scenario: Scenario, key: str, path: str) -> str:
+    """What an error message adds after its own words: padding, then the key and path as asked."""
+    text = (" " + "x" * (scenario.error_pad - 1)) if scenario.error_pad else ""
+    if scenario.leak:
+        text += f"; you sent {key!r}"
+    if scenario.leak_url:
+        text += f"; cannot POST {path}"
+    return text
+
+
+def _reported(value: str) -> Any:
+    """A ``usage_*`` parameter as the provider reports it: JSON when it parses, else the string."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _usage_overrides(scenario: Scenario, names: tuple[str, str, str]) -> dict[str, Any]:
+    given = (scenario.usage_prompt, scenario.usage_completion, scenario.usage_total)
+    return {name: _reported(value) for name, value in zip(names, given, strict=True) if value is not None}
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON, UTF-8 left as it is but lone surrogates escaped as a real provider sends them."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return re.sub("[\ud800-\udfff]", lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def _error_body(api: str | None, status: int, message: str) -> dict[str, Any]:
@@ -539,7 +602,7 @@ def _openai_events(scenario: Scenario, body: dict) -> Iterator[tuple[str, Callab
         choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
         data = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
         data["usage"] = usage
-        return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+        return f"data: {_dumps(data)}\n\n"
 
     yield "event", lambda: chunk({"role": "assistant", "content": ""})
     for i in range(scenario.reasoning):
@@ -552,7 +615,9 @@ def _openai_events(scenario: Scenario, body: dict) -> Iterator[tuple[str, Callab
     if scenario.usage and (body.get("stream_options") or {}).get("include_usage"):
         completion = scenario.completion_tokens if scenario.completion_tokens is not None else scenario.chunks
         usage = {"prompt_tokens": scenario.prompt_tokens, "completion_tokens": completion}
-        yield "event", lambda: chunk(None, usage=usage | {"total_tokens": scenario.prompt_tokens + completion})
+        usage["total_tokens"] = scenario.prompt_tokens + completion
+        usage |= _usage_overrides(scenario, ("prompt_tokens", "completion_tokens", "total_tokens"))
+        yield "event", lambda: chunk(None, usage=usage)
     yield "done", lambda: "data: [DONE]\n\n"
 
 
@@ -577,9 +642,9 @@ def _dashscope_events(scenario: Scenario, body: dict) -> Iterator[tuple[str, Cal
         if scenario.completion_tokens is not None and finish != "null":
             usage["output_tokens"] = scenario.completion_tokens
         usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        usage |= _usage_overrides(scenario, ("input_tokens", "output_tokens", "total_tokens"))
         data = {"output": output, "usage": usage if scenario.usage else None, "request_id": "fake"}
-        data = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-        return f"id:{state['id']}\nevent:result\n:HTTP_STATUS/200\ndata:{data}\n\n"
+        return f"id:{state['id']}\nevent:result\n:HTTP_STATUS/200\ndata:{_dumps(data)}\n\n"
 
     for i in range(scenario.reasoning):
         yield "event", lambda i=i: event(reasoning=f"think{i} ")

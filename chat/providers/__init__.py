@@ -16,12 +16,17 @@ _clients: dict[tuple[asyncio.AbstractEventLoop, float, float], httpx.AsyncClient
 _POOLS = 16
 
 
-def build_provider(*, api: str, base_url: str, api_key: str, client: httpx.AsyncClient) -> Provider:
-    """The provider for ``api`` ("openai", "dashscope" or "demo"); raise ValueError for any other."""
+def build_provider(
+    *, api: str, base_url: str, api_key: str, client: httpx.AsyncClient, max_tokens: int | None = None
+) -> Provider:
+    """The provider for ``api`` ("openai", "dashscope" or "demo"); raise ValueError for any other.
+
+    ``max_tokens`` (None: not sent) caps each reply at the provider; the demo model ignores it.
+    """
     if api == "openai":
-        return OpenAIProvider(base_url=base_url, api_key=api_key, client=client)
+        return OpenAIProvider(base_url=base_url, api_key=api_key, client=client, max_tokens=max_tokens)
     if api == "dashscope":
-        return DashScopeProvider(base_url=base_url, api_key=api_key, client=client)
+        return DashScopeProvider(base_url=base_url, api_key=api_key, client=client, max_tokens=max_tokens)
     if api == "demo":
         return DemoProvider()
     raise ValueError(f"Unknown LLM_API {api!r}: use 'openai', 'dashscope' or 'demo'.")

@@ -7,8 +7,18 @@ from typing import Any
 
 import httpx
 
-from .base import ChatMessage, Finish, ProviderError, ProviderEvent, ReasoningDelta, TextDelta, Usage
-from .sse import error_detail, load_json, open_event_stream
+from .base import (
+    ChatMessage,
+    Finish,
+    ProviderError,
+    ProviderEvent,
+    ReasoningDelta,
+    TextDelta,
+    Usage,
+    checked_usage,
+    storable,
+)
+from .sse import endpoint, error_detail, load_json, open_event_stream
 
 
 class DashScopeProvider:
@@ -16,16 +26,23 @@ class DashScopeProvider:
 
     By default DashScope repeats the whole text so far in every event
     (``incremental_output: false``); with ``incremental_output=True`` each
-    event carries only the new text.
+    event carries only the new text. ``max_tokens`` is sent as ``parameters.max_tokens`` when set.
     """
 
     def __init__(
-        self, *, base_url: str, api_key: str, client: httpx.AsyncClient, incremental_output: bool = False
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        client: httpx.AsyncClient,
+        incremental_output: bool = False,
+        max_tokens: int | None = None,
     ) -> None:
-        self._url = base_url.rstrip("/") + "/services/aigc/text-generation/generation"
+        self._url = endpoint(base_url, "/services/aigc/text-generation/generation")
         self._api_key = api_key
         self._client = client
         self._incremental = incremental_output
+        self._max_tokens = max_tokens
 
     async def stream(self, *, model: str, messages: list[ChatMessage]) -> AsyncIterator[ProviderEvent]:
         """Yield TextDelta and ReasoningDelta (new text only), then Usage and Finish at the first real finish_reason.
@@ -34,7 +51,8 @@ class DashScopeProvider:
         text that does not continue what was already yielded is
         ``provider_bad_response``; EOF before a finish_reason is
         ``provider_incomplete``; HTTP and network failures as described in
-        ``sse.open_event_stream``.
+        ``sse.open_event_stream``. Text is made storable (``base.storable``);
+        unusable token counts become None (``base.checked_usage``).
         """
         headers = {
             "Authorization": f"Bearer {self._api_key}",
@@ -46,6 +64,8 @@ class DashScopeProvider:
             "input": {"messages": [{"role": m.role, "content": m.content} for m in messages]},
             "parameters": {"incremental_output": self._incremental},
         }
+        if self._max_tokens is not None:
+            body["parameters"]["max_tokens"] = self._max_tokens
         text = reasoning = ""  # all yielded so far
         usage: dict[str, Any] = {}
         async with open_event_stream(
@@ -60,12 +80,13 @@ class DashScopeProvider:
                 if "output" not in payload and payload.get("code"):
                     raise _error(error_detail(payload))
                 new_reasoning, new_text, finish = _read_output(payload.get("output"))
+                # The text so far is kept as received: the next cumulative event must continue it.
                 if delta := self._delta(reasoning, new_reasoning):
                     reasoning += delta
-                    yield ReasoningDelta(delta)
+                    yield ReasoningDelta(storable(delta))
                 if delta := self._delta(text, new_text):
                     text += delta
-                    yield TextDelta(delta)
+                    yield TextDelta(storable(delta))
                 if isinstance(payload.get("usage"), dict):
                     usage = payload["usage"]
                 # Until the end DashScope sends the string "null", not JSON null.
@@ -108,12 +129,11 @@ def _read_output(output: Any) -> tuple[str, str, str | None]:
 
 
 def _usage(data: dict[str, Any]) -> Usage:
-    prompt, completion = data.get("input_tokens"), data.get("output_tokens")
-    total = data.get("total_tokens")
-    if total is None and isinstance(prompt, int) and isinstance(completion, int):
+    prompt, completion, total = data.get("input_tokens"), data.get("output_tokens"), data.get("total_tokens")
+    if total is None and type(prompt) is int and type(completion) is int:
         total = prompt + completion
-    return Usage(prompt, completion, total)
+    return checked_usage(prompt, completion, total, provider="DashScope")
 
 
 def _error(detail: str) -> ProviderError:
-    return ProviderError("provider_error", f"DashScope reported an error: {detail or 'no details'}")
+    return ProviderError("provider_error", "DashScope reported an error.", detail=detail)

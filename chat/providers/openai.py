@@ -7,20 +7,26 @@ from typing import Any
 
 import httpx
 
-from .base import ChatMessage, Finish, ProviderError, ProviderEvent, ReasoningDelta, TextDelta, Usage
-from .sse import error_detail, load_json, open_event_stream
+from .base import ChatMessage, Finish, ProviderError, ProviderEvent, ReasoningDelta, TextDelta, checked_usage, storable
+from .sse import endpoint, error_detail, load_json, open_event_stream
 
 
 class OpenAIProvider:
-    """Streams ``POST {base_url}/chat/completions`` with ``include_usage``."""
+    """Streams ``POST {base_url}/chat/completions`` with ``include_usage``; ``max_tokens`` is sent when set."""
 
-    def __init__(self, *, base_url: str, api_key: str, client: httpx.AsyncClient) -> None:
-        self._url = base_url.rstrip("/") + "/chat/completions"
+    def __init__(
+        self, *, base_url: str, api_key: str, client: httpx.AsyncClient, max_tokens: int | None = None
+    ) -> None:
+        self._url = endpoint(base_url, "/chat/completions")
         self._api_key = api_key
         self._client = client
+        self._max_tokens = max_tokens
 
     async def stream(self, *, model: str, messages: list[ChatMessage]) -> AsyncIterator[ProviderEvent]:
         """Yield TextDelta and ReasoningDelta as they arrive, then Usage (if reported) and Finish at ``[DONE]``.
+
+        Text is made storable (``base.storable``); unusable token counts become
+        None (``base.checked_usage``).
 
         Raises ProviderError: an ``error`` object in the stream is ``provider_error``,
         EOF before ``[DONE]`` is ``provider_incomplete``; HTTP and network
@@ -36,15 +42,22 @@ class OpenAIProvider:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if self._max_tokens is not None:
+            body["max_tokens"] = self._max_tokens
         finish_reason: str | None = None
-        usage: Usage | None = None
+        usage: dict[str, Any] | None = None
         async with open_event_stream(
             self._client, self._url, body=body, headers=headers, api_key=self._api_key
         ) as events:
             async for event in events:
                 if event.data == "[DONE]":
                     if usage is not None:
-                        yield usage
+                        yield checked_usage(
+                            usage.get("prompt_tokens"),
+                            usage.get("completion_tokens"),
+                            usage.get("total_tokens"),
+                            provider="The provider",
+                        )
                     yield Finish(finish_reason)
                     await events.drain()
                     return
@@ -58,9 +71,9 @@ class OpenAIProvider:
                 if chunk.get("choices"):
                     reasoning, content, reason = _read_choice(chunk["choices"])
                     if reasoning:
-                        yield ReasoningDelta(reasoning)
+                        yield ReasoningDelta(storable(reasoning))
                     if content:
-                        yield TextDelta(content)
+                        yield TextDelta(storable(content))
                     finish_reason = reason or finish_reason
             cut = " in the middle of an event" if events.truncated else ""
             raise ProviderError(
@@ -85,10 +98,10 @@ def _read_choice(choices: Any) -> tuple[str, str, str | None]:
 
 
 def _stream_error(detail: str) -> ProviderError:
-    return ProviderError("provider_error", f"The provider reported an error mid-reply: {detail or 'no details'}")
+    return ProviderError("provider_error", "The provider reported an error mid-reply.", detail=detail)
 
 
-def _usage(data: Any) -> Usage:
+def _usage(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ProviderError("provider_bad_response", "The provider sent usage that is not a JSON object.")
-    return Usage(data.get("prompt_tokens"), data.get("completion_tokens"), data.get("total_tokens"))
+    return data

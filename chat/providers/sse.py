@@ -29,10 +29,13 @@ from typing import Any
 import httpx
 
 from .base import ProviderError
+from .redact import public_error
 
 _EOL = re.compile(r"\r\n|\r|\n")
-_MAX_DETAIL = 300
 _MAX_ERROR_BODY = 64 * 1024
+# Longer than any real event (a DashScope event repeats the whole reply so far); past it the stream fails
+# instead of growing the process with a line that never ends.
+MAX_LINE = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +49,21 @@ class ServerSentEvent:
 
 
 class SSEDecoder:
-    """Incremental event-stream decoder: ``feed()`` bytes as they arrive, ``end()`` at EOF."""
+    """Incremental event-stream decoder: ``feed()`` bytes as they arrive, ``end()`` at EOF.
 
-    def __init__(self) -> None:
+    A line, or the data of one event, longer than ``max_line`` characters
+    raises ProviderError("provider_bad_response").
+    """
+
+    def __init__(self, *, max_line: int = MAX_LINE) -> None:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._max_line = max_line
         self._started = False
         self._skip_lf = False  # the last text ended with CR: an LF opening the next one ends no line
         self._partial: list[str] = []
+        self._partial_len = 0  # kept as it grows: measuring the partial line again on every read would be quadratic
         self._data: list[str] = []
+        self._data_len = 0
         self._event = ""
         self._retry: int | None = None
         self._in_event = False
@@ -69,6 +79,7 @@ class SSEDecoder:
         self._decode(self._utf8.decode(b"", final=True))
         truncated = bool(self._partial) or self._in_event
         self._partial, self._data, self._event, self._in_event = [], [], "", False
+        self._partial_len = self._data_len = 0
         return truncated
 
     def _decode(self, text: str) -> list[ServerSentEvent]:
@@ -83,15 +94,26 @@ class SSEDecoder:
         if not text:
             return []
         if "\n" not in text and "\r" not in text:
+            self._partial_len += len(text)
+            if self._partial_len > self._max_line:
+                raise self._too_long("line")
             self._partial.append(text)
             return []
         lines = _EOL.split(text)
         self._skip_lf = text[-1] == "\r"
+        if self._partial_len + len(lines[0]) > self._max_line or any(len(line) > self._max_line for line in lines):
+            raise self._too_long("line")
         if self._partial:
             lines[0] = "".join(self._partial) + lines[0]
         rest = lines.pop()
-        self._partial = [rest] if rest else []
+        self._partial, self._partial_len = ([rest], len(rest)) if rest else ([], 0)
         return [event for line in lines if (event := self._line(line)) is not None]
+
+    def _too_long(self, what: str) -> ProviderError:
+        return ProviderError(
+            "provider_bad_response",
+            f"The provider sent an event {what} longer than {self._max_line:,} characters; the reply was stopped.",
+        )
 
     def _line(self, line: str) -> ServerSentEvent | None:
         if not line:
@@ -101,7 +123,7 @@ class SSEDecoder:
                 event = ServerSentEvent(
                     "\n".join(self._data), self._event or "message", self.last_event_id, self._retry
                 )
-            self._data, self._event, self._retry = [], "", None
+            self._data, self._data_len, self._event, self._retry = [], 0, "", None
             return event
         if line[0] == ":":
             return None
@@ -110,6 +132,10 @@ class SSEDecoder:
         if value[:1] == " ":
             value = value[1:]
         if name == "data":
+            # Many lines without a blank one would grow one event without bound, like one long line.
+            self._data_len += len(value) + 1
+            if self._data_len > self._max_line:
+                raise self._too_long("data")
             self._data.append(value)
         elif name == "event":
             self._event = value
@@ -169,18 +195,25 @@ async def open_event_stream(
 
     Raises ProviderError for an HTTP error status, a response that is not an
     event stream, and any network failure or timeout, also while the body of
-    the ``async with`` runs; every ProviderError leaving it has ``api_key``
-    scrubbed from its message. Leaving the block closes the response at once.
+    the ``async with`` runs. Every ProviderError leaving it went through
+    ``redact.public_error``: logged whole (secrets removed), its message fit
+    for users. Leaving the block closes the response at once.
     """
     try:
         async with client.stream("POST", url, json=body, headers=headers) as response:
             await _check_response(response)
             yield EventStream(response)
     except ProviderError as exc:
-        raise ProviderError(exc.code, scrub(exc.message, api_key), retry_after=exc.retry_after) from None
+        raise public_error(exc, api_key=api_key, url=url) from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        code, message = _describe_http_error(exc, client, url)
-        raise ProviderError(code, scrub(message, api_key)) from None
+        code, message, detail = _describe_http_error(exc, client)
+        raise public_error(ProviderError(code, message, detail=detail), api_key=api_key, url=url) from None
+
+
+def endpoint(base_url: str, path: str) -> str:
+    """``path`` appended to the path of ``base_url``, keeping its query (a gateway's ``?api-version=...``)."""
+    base, question, query = base_url.partition("?")
+    return base.rstrip("/") + path + question + query
 
 
 async def _check_response(response: httpx.Response) -> None:
@@ -190,29 +223,24 @@ async def _check_response(response: httpx.Response) -> None:
         return
     detail = error_detail(await _read_head(response))
     if 200 <= status < 300:
-        message = _said(f"The provider sent {content_type or 'no content type'} instead of an event stream", detail)
-        raise ProviderError("provider_bad_response", message)
+        message = f"The provider sent {content_type or 'no content type'} instead of an event stream."
+        raise ProviderError("provider_bad_response", message, detail=detail)
     if status == 429:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         wait = f" Retry after {retry_after:g} s." if retry_after is not None else ""
-        message = _said("The provider is rate limiting requests (HTTP 429)", detail) + wait
-        raise ProviderError("provider_rate_limited", message, retry_after=retry_after)
+        message = "The provider is rate limiting requests (HTTP 429)." + wait
+        raise ProviderError("provider_rate_limited", message, detail=detail, retry_after=retry_after)
     if status in (401, 403):
-        message = _said(f"The provider refused the API key (HTTP {status})", detail) + " Check LLM_API_KEY."
-        raise ProviderError("provider_auth_failed", message)
+        message = f"The provider refused the API key (HTTP {status}). Check LLM_API_KEY."
+        raise ProviderError("provider_auth_failed", message, detail=detail)
     if 400 <= status < 500:
-        raise ProviderError("provider_bad_request", _said(f"The provider rejected the request (HTTP {status})", detail))
+        message = f"The provider rejected the request (HTTP {status})."
+        raise ProviderError("provider_bad_request", message, detail=detail)
     if status >= 500:
-        message = _said(f"The provider failed (HTTP {status})", detail) + " Try again later."
-        raise ProviderError("provider_unavailable", message)
+        message = f"The provider failed (HTTP {status}). Try again later."
+        raise ProviderError("provider_unavailable", message, detail=detail)
     # 1xx/3xx: httpx follows no redirects, so this is usually a wrong base URL.
     raise ProviderError("provider_bad_response", f"Unexpected HTTP {status} from the provider; check LLM_BASE_URL.")
-
-
-def _said(text: str, detail: str) -> str:
-    """``text``, then the provider's own words if any, as one sentence."""
-    text = f"{text}: {detail}" if detail else text
-    return text if text[-1] in ".!?。" else text + "."
 
 
 async def _read_head(response: httpx.Response) -> bytes:
@@ -224,25 +252,24 @@ async def _read_head(response: httpx.Response) -> bytes:
     return body
 
 
-def _describe_http_error(
-    exc: httpx.HTTPError | httpx.InvalidURL, client: httpx.AsyncClient, url: str
-) -> tuple[str, str]:
+def _describe_http_error(exc: httpx.HTTPError | httpx.InvalidURL, client: httpx.AsyncClient) -> tuple[str, str, str]:
+    """(code, the app's sentence, the exception's own text). The URL is left out: it may carry credentials."""
     timeout = client.timeout
     if isinstance(exc, httpx.ConnectTimeout):
-        return "provider_timeout", f"No connection to the provider at {url} within {timeout.connect:g} s."
+        return "provider_timeout", f"No connection to the provider within {timeout.connect:g} s.", str(exc)
     if isinstance(exc, httpx.ReadTimeout):
-        return "provider_timeout", f"The provider sent nothing for {timeout.read:g} s."
+        return "provider_timeout", f"The provider sent nothing for {timeout.read:g} s.", ""
     if isinstance(exc, httpx.TimeoutException):
-        return "provider_timeout", f"The request to the provider timed out ({type(exc).__name__})."
+        return "provider_timeout", f"The request to the provider timed out ({type(exc).__name__}).", ""
     if isinstance(exc, httpx.ConnectError):
-        return "provider_unreachable", f"Cannot connect to the provider at {url} ({str(exc) or 'connection failed'})."
+        return "provider_unreachable", "Cannot connect to the provider; check LLM_BASE_URL.", str(exc)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return "provider_unreachable", f"The provider URL {url!r} is not a valid http(s) URL; check LLM_BASE_URL."
+        return "provider_unreachable", "The provider URL is not a valid http(s) URL; check LLM_BASE_URL.", str(exc)
     if isinstance(exc, httpx.DecodingError):
-        return "provider_bad_response", f"The provider's response could not be decoded ({exc})."
+        return "provider_bad_response", "The provider's response could not be decoded.", str(exc)
     # A reset surfaces as a ReadError or WriteError without any text.
     reason = str(exc) or ("reset by the provider" if isinstance(exc, httpx.NetworkError) else type(exc).__name__)
-    return "provider_connection_lost", f"The connection to the provider was lost ({reason})."
+    return "provider_connection_lost", "The connection to the provider was lost.", reason
 
 
 def load_json(data: str) -> dict[str, Any]:
@@ -252,12 +279,15 @@ def load_json(data: str) -> dict[str, Any]:
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise ProviderError("provider_bad_response", f"The provider sent data that is not a JSON object: {data!r:.100}")
+        raise ProviderError("provider_bad_response", "The provider sent data that is not a JSON object.", detail=data)
     return value
 
 
 def error_detail(body: bytes | str | dict[str, Any]) -> str:
-    """The provider's own error message from an error body (OpenAI, DashScope, Ollama, vLLM JSON or text), truncated."""
+    """The provider's own error message from an error body (OpenAI, DashScope, Ollama, vLLM JSON or text).
+
+    Whole: ``redact.public_error`` removes secrets before anything shortens it.
+    """
     value: Any = body
     if isinstance(body, bytes | str):
         text = (body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body).strip()
@@ -265,18 +295,17 @@ def error_detail(body: bytes | str | dict[str, Any]) -> str:
             value = json.loads(text)
         except ValueError:
             # A plain-text body says something; an HTML error page says nothing readable.
-            return "" if text.startswith("<") else _truncate(text)
+            return "" if text.startswith("<") else text
     if not isinstance(value, dict):
         return ""
     error = value.get("error", value)
     if isinstance(error, str):
-        return _truncate(error)
+        return error
     if not isinstance(error, dict):
         return ""
     message = error.get("message") or error.get("detail") or ""
     code = error.get("code") or ""
-    detail = f"{code}: {message}" if code and message and isinstance(code, str) else str(message or code)
-    return _truncate(detail)
+    return f"{code}: {message}" if code and message and isinstance(code, str) else str(message or code)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -295,12 +324,3 @@ def parse_retry_after(value: str | None) -> float | None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - datetime.now(UTC)).total_seconds()
     return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def scrub(text: str, secret: str) -> str:
-    """``text`` with every occurrence of ``secret`` replaced."""
-    return text.replace(secret, "[redacted]") if secret else text
-
-
-def _truncate(text: str) -> str:
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"

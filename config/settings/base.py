@@ -154,6 +154,10 @@ LLM_MODELS = env.list("LLM_MODELS", default=[])
 LLM_CONNECT_TIMEOUT = env.float("LLM_CONNECT_TIMEOUT", default=10.0)
 # Seconds without a byte from the provider before the reply fails.
 LLM_READ_TIMEOUT = env.float("LLM_READ_TIMEOUT", default=60.0)
+# Sent as the provider's max_tokens, the longest reply in tokens; unset or 0: not sent.
+LLM_MAX_TOKENS = env.int("LLM_MAX_TOKENS", default=0) or None
+if LLM_MAX_TOKENS is not None and LLM_MAX_TOKENS < 0:
+    raise ImproperlyConfigured(f"LLM_MAX_TOKENS must be a positive number of tokens, not {LLM_MAX_TOKENS}.")
 
 # History sent upstream: the newest messages whose content fits this many
 # characters (the system prompt and the new message always go).

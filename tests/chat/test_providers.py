@@ -13,10 +13,11 @@ import pytest
 import pytest_asyncio
 
 from chat.providers import build_provider, shared_client
-from chat.providers.base import ChatMessage, Finish, ProviderError, ReasoningDelta, TextDelta, Usage
+from chat.providers.base import ChatMessage, Finish, ProviderError, ReasoningDelta, TextDelta, Usage, storable
 from chat.providers.dashscope import DashScopeProvider
 from chat.providers.demo import DemoProvider
 from chat.providers.openai import OpenAIProvider
+from chat.providers.redact import public_error
 from tests.fakeprovider import reply_text
 
 KEY = "sk-test-7Hq2DistinctiveFakeKey-9xZ"
@@ -338,7 +339,7 @@ async def test_failures(fake_provider, client, api, model, code, deltas):
     assert events == [TextDelta(f"w{i}·你好👋 ") for i in range(deltas)]
     if "leak" in model:
         assert "[redacted]" in error.message  # the fake quoted the key back; it was scrubbed
-    assert error.message.endswith((".", "'")) and len(error.message) < 500
+    assert error.message.endswith((".", "…")) and len(error.message) < 500
 
 
 @pytest.mark.asyncio
@@ -379,13 +380,20 @@ async def test_slow_first_token_within_the_read_timeout(openai):
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("api", ["openai", "dashscope"])
-async def test_unreachable(client, api):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens once it is closed
+async def test_unreachable(client, api, caplog):
+    port = closed_port()
     provider = build_provider(api=api, base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, client=client)
     _, error = await failure(provider, "fake")
-    assert error.code == "provider_unreachable" and f"127.0.0.1:{port}" in error.message
+    assert error.code == "provider_unreachable" and "LLM_BASE_URL" in error.message
+    # Where it tried is for the operator's log, not for every member of the conversation.
+    assert "127.0.0.1" not in error.message
+    assert f"http://127.0.0.1:{port}/v1/" in caplog.text and "provider_unreachable" in caplog.text
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens once it is closed
 
 
 @pytest.mark.asyncio
@@ -507,3 +515,172 @@ def test_fake_provider_as_a_process():
         process.terminate()
         process.wait(5)
     assert json.dumps(log)  # the log is plain JSON
+
+
+# --- hardening: secrets, storable text, usage, the line cap, max_tokens ----------------------
+
+# Random-looking, so that no 4 characters of it turn up in a message by chance.
+LEAKY_KEY = "sk-Zq8RvW3mXk5TpL9nB2cYh7Jd"
+URL_PASSWORD, QUERY_KEY = "gwPass9Secret", "QueryKey7Secret"
+
+
+def key_runs(text, key=LEAKY_KEY, n=4):
+    """The runs of ``n`` characters of ``key`` found in ``text``."""
+    return [key[i : i + n] for i in range(len(key) - n + 1) if key[i : i + n] in text]
+
+
+def cut_inside_the_key(prefix):
+    """The ``error_pad`` that put the old 300-character cut 19 characters into the quoted key."""
+    return 299 - 19 - len(prefix) - len("; you sent 'Bearer ")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "api, model, prefix",
+    [
+        ("openai", "fake:status=401,leak=1", "fake HTTP 401"),
+        ("dashscope", "fake:status=401,leak=1", "InvalidApiKey: fake HTTP 401"),
+        ("openai", "fake:error_after=1,leak=1", "fake failure mid-stream"),
+        ("dashscope", "fake:error_after=1,leak=1", "InternalError: fake failure mid-stream"),
+    ],
+)
+async def test_secrets_are_removed_before_the_detail_is_shortened(fake_provider, client, api, model, prefix, caplog):
+    provider = build_provider(api=api, base_url=fake_provider.base_url, api_key=LEAKY_KEY, client=client)
+    with pytest.raises(ProviderError) as raised:
+        await collect(provider, f"{model},error_pad={cut_inside_the_key(prefix)}")
+    assert key_runs(raised.value.message) == []
+    assert len(raised.value.message) < 400 and "xxxxx" in raised.value.message  # the provider's words, shortened
+    assert key_runs(caplog.text) == [] and "Bearer [redacted]" in caplog.text
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("api", ["openai", "dashscope"])
+@pytest.mark.parametrize("reachable", [False, True], ids=["closed-port", "fake"])
+async def test_credentials_in_the_base_url_reach_no_user(fake_provider, client, api, reachable, caplog):
+    port = fake_provider.port if reachable else closed_port()
+    base_url = f"http://gwuser:{URL_PASSWORD}@127.0.0.1:{port}/v1?api-key={QUERY_KEY}"
+    provider = build_provider(api=api, base_url=base_url, api_key=LEAKY_KEY, client=client)
+    with pytest.raises(ProviderError) as raised:
+        # The fake quotes the Authorization header and the path with its query, as gateways do.
+        await collect(provider, "fake:status=404,leak=1,leak_url=1")
+    message = raised.value.message
+    assert raised.value.code == ("provider_bad_request" if reachable else "provider_unreachable")
+    for secret in (URL_PASSWORD, QUERY_KEY, "gwuser", "127.0.0.1", str(port)):
+        assert secret not in message
+    assert key_runs(message) == []
+    for secret in (URL_PASSWORD, QUERY_KEY, "gwuser", LEAKY_KEY):
+        assert secret not in caplog.text
+    assert f"http://127.0.0.1:{port}/v1/" in caplog.text  # the operator sees where, without credentials
+    if reachable:
+        # The gateway's key stays in the query, after the endpoint's path.
+        path = "/chat/completions" if api == "openai" else "/services/aigc/text-generation/generation"
+        assert fake_provider.requests()[-1]["path"] == f"/v1{path}?api-key={QUERY_KEY}"
+        assert "fake HTTP 404" in message
+
+
+def test_public_error_keeps_the_providers_words_and_drops_what_locates_or_unlocks():
+    detail = (
+        "Model gpt-4o-mini-2024-07-18 not found (Throttling.RateQuota) at https://gw.example.com/v1 "
+        "host api.example.com:443, ip 10.0.0.7:8080 or [::1]:80, header 'Authorization: Bearer abc.def', "
+        "Basic dXNlcjpwYXNz, api_key=hunter22, {\"token\": \"t0k3n\"}, req 123e4567-e89b-12d3-a456-426614174000, "
+        f"sk-proj-abc*****xyz and AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUv and the key's tail {LEAKY_KEY[5:]}"
+    )
+    error = public_error(
+        ProviderError("provider_bad_request", "The provider rejected the request (HTTP 400).", detail=detail),
+        api_key=LEAKY_KEY,
+        url="https://gw.example.com/v1/chat/completions",
+    )
+    assert error.message.startswith("The provider rejected the request (HTTP 400). Details: Model gpt-4o-mini")
+    assert "(Throttling.RateQuota)" in error.message
+    for gone in ("example.com", "10.0.0.7", "::1", "abc.def", "dXNlcjpwYXNz", "hunter22", "t0k3n", "123e4567", "sk-"):
+        assert gone not in error.message
+    assert "AIzaSy" not in error.message and key_runs(error.message, n=5) == []
+    assert len(error.message) <= len("The provider rejected the request (HTTP 400). Details: ") + 200
+
+
+def test_public_error_without_detail_is_the_apps_sentence():
+    error = ProviderError("provider_incomplete", "The provider's stream ended before the reply was complete.")
+    assert public_error(error, api_key=KEY, url="http://x/v1").message == error.message
+
+
+def test_storable():
+    assert storable("plain ascii") == "plain ascii"
+    assert storable("你好 👋") == "你好 👋"
+    assert storable("a\x00b") == "a\ufffdb"
+    assert storable("\ud83d half, \udc4b other half\x00") == "\ufffd half, \ufffd other half\ufffd"
+    text = "no work to do"
+    assert storable(text) is text
+
+
+UNSTORABLE = "fake:chunks=3,surrogate_at=1,nul_at=2"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("api, incremental", [("openai", None), ("dashscope", False), ("dashscope", True)])
+async def test_lone_surrogates_and_nul_become_replacement_characters(fake_provider, client, api, incremental):
+    if api == "openai":
+        provider = OpenAIProvider(base_url=fake_provider.base_url, api_key=KEY, client=client)
+    else:
+        provider = DashScopeProvider(
+            base_url=fake_provider.base_url, api_key=KEY, client=client, incremental_output=incremental
+        )
+    events = await collect(provider, UNSTORABLE)
+    sent = reply_text(UNSTORABLE)
+    assert "\ud800" in sent and "\x00" in sent
+    assert text_of(events) == sent.replace("\ud800", "\ufffd").replace("\x00", "\ufffd")
+    assert events[-2:] == [Usage(11, 3, 14), Finish("stop")]
+
+
+@pytest.mark.asyncio
+async def test_reasoning_is_made_storable_too(openai):
+    events = await collect(openai, "fake:replay=unstorable_reasoning.stream")
+    assert events == [ReasoningDelta("a\ufffdb\ufffd"), TextDelta("\ufffd ok"), Finish("stop")]
+
+
+BAD_USAGE = [
+    ("usage_prompt=-5", Usage(None, 5, 16)),
+    ("usage_completion=true", Usage(11, None, 16)),
+    ("usage_total=abc", Usage(11, 5, None)),
+    ("usage_total=1.5", Usage(11, 5, None)),
+    ("usage_prompt=99999999999999999999", Usage(None, 5, 16)),
+    ("usage_total=2147483648", Usage(11, 5, None)),
+    ("usage_total=2147483647", Usage(11, 5, 2**31 - 1)),
+    ("usage_prompt=null", Usage(None, 5, 16)),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("api", ["openai", "dashscope"])
+@pytest.mark.parametrize("params, usage", BAD_USAGE, ids=[b[0] for b in BAD_USAGE])
+async def test_unusable_token_counts_become_none_with_one_warning(fake_provider, client, api, params, usage, caplog):
+    provider = build_provider(api=api, base_url=fake_provider.base_url, api_key=KEY, client=client)
+    events = await collect(provider, f"fake:chunks=5,{params}")
+    assert text_of(events) == reply_text("fake:chunks=5")
+    assert events[-2:] == [usage, Finish("stop")]
+    warnings = [r for r in caplog.records if "unusable token counts" in r.getMessage()]
+    assert len(warnings) == (0 if params.endswith(("2147483647", "null")) else 1)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("api", ["openai", "dashscope"])
+async def test_a_line_that_never_ends_fails_at_one_mebibyte(fake_provider, client, api):
+    provider = build_provider(api=api, base_url=fake_provider.base_url, api_key=KEY, client=client)
+    events, error = await failure(provider, f"fake:chunks=2,longline={100 * 1024 * 1024}")
+    assert error.code == "provider_bad_response" and "longer than 1,048,576 characters" in error.message
+    assert events == [TextDelta("w0·你好👋 "), TextDelta("w1·你好👋 ")]
+    # The client gave up long before the 100 MB were written.
+    assert (await fake_provider.wait_ended(timeout=20))["outcome"] == "client_closed"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("api", ["openai", "dashscope"])
+async def test_max_tokens_is_sent_only_when_set(fake_provider, client, api):
+    def sent_max_tokens():
+        body = fake_provider.requests()[-1]["body"]
+        return body.get("max_tokens") if api == "openai" else body["parameters"].get("max_tokens", "absent")
+
+    capped = build_provider(api=api, base_url=fake_provider.base_url, api_key=KEY, client=client, max_tokens=321)
+    assert text_of(await collect(capped, "fake:chunks=2")) == reply_text("fake:chunks=2")
+    assert sent_max_tokens() == 321
+    await collect(build_provider(api=api, base_url=fake_provider.base_url, api_key=KEY, client=client), "fake")
+    assert sent_max_tokens() in (None, "absent")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from chat.providers.sse import ServerSentEvent, SSEDecoder, error_detail, parse_retry_after, scrub
+from chat.providers.base import ProviderError
+from chat.providers.sse import ServerSentEvent, SSEDecoder, error_detail, parse_retry_after
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 STREAMS = sorted(DATA.glob("*.sse"))
@@ -162,13 +163,51 @@ def test_parse_retry_after_http_date():
         (b"<html><body>502 Bad Gateway</body></html>", ""),
         (b"", ""),
         (b"[1, 2]", ""),
-        (b'{"error": {"message": "' + b"x" * 1000 + b'"}}', "x" * 299 + "…"),
+        # Whole: secrets are removed before anything shortens it (chat.providers.redact).
+        (b'{"error": {"message": "' + b"x" * 1000 + b'"}}', "x" * 1000),
     ],
 )
 def test_error_detail(body, detail):
     assert error_detail(body) == detail
 
 
-def test_scrub():
-    assert scrub("key sk-abc and sk-abc", "sk-abc") == "key [redacted] and [redacted]"
-    assert scrub("nothing to hide", "") == "nothing to hide"
+# --- the line cap ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+def test_a_line_at_the_cap_is_read_and_one_past_it_fails_however_it_is_cut(eol):
+    at_cap = b"data: " + b"y" * 94  # 100 characters
+    raw = b"\xef\xbb\xbf" + at_cap + eol + eol
+    for name, pieces in cuts(raw):
+        decoder = SSEDecoder(max_line=100)
+        events = [event for piece in pieces for event in decoder.feed(piece)]
+        assert events == [ServerSentEvent("y" * 94)], name
+    over = b"data: " + "ü".encode() * 95 + eol + eol  # 101 characters, 196 bytes
+    for name, pieces in cuts(over):
+        decoder = SSEDecoder(max_line=100)
+        with pytest.raises(ProviderError) as raised:
+            for piece in pieces:
+                decoder.feed(piece)
+        error = raised.value
+        assert error.code == "provider_bad_response" and "longer than 100 characters" in error.message, name
+
+
+def test_a_line_that_never_ends_fails_as_soon_as_it_passes_the_cap():
+    decoder = SSEDecoder(max_line=1000)
+    assert decoder.feed(b"data: ok\n\n") == [ServerSentEvent("ok")]
+    fed = 0
+    with pytest.raises(ProviderError):
+        while True:
+            decoder.feed(b"x" * 7)
+            fed += 7
+    assert fed == 1000 // 7 * 7  # the read that crossed 1000 failed
+
+
+def test_many_data_lines_in_one_event_share_the_cap():
+    decoder = SSEDecoder(max_line=100)
+    assert decoder.feed(b"data: " + b"a" * 40 + b"\n" + b"data: " + b"b" * 40 + b"\n\n") == [
+        ServerSentEvent("a" * 40 + "\n" + "b" * 40)
+    ]
+    with pytest.raises(ProviderError) as raised:
+        decoder.feed((b"data: " + b"c" * 40 + b"\n") * 3)
+    assert "event data longer than 100 characters" in raised.value.message
