@@ -6,6 +6,7 @@ caller (``chat.api`` / ``chat.streaming``) publishes, after the commit.
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import F, Value
@@ -59,6 +60,16 @@ def conversation_member_add(*, conversation, user, username: str) -> Conversatio
         raise NotFound(f"There is no active user named {username!r}.", code="user_not_found") from None
     if member.pk == conversation.owner_id:
         raise InvalidInput("The owner already has access to the conversation.", code="already_owner")
+    # Count and add under the conversation's row lock, so two adds at the
+    # limit (on any process) cannot both pass; SQLite's IMMEDIATE
+    # transactions already serialise them. The count reads the locked row's
+    # members, never ``conversation``'s prefetched (possibly stale) list.
+    locked = Conversation.objects.select_for_update().only("pk").get(pk=conversation.pk)
+    limit = settings.CHAT_MAX_MEMBERS
+    if locked.members.count() >= limit and not locked.members.filter(pk=member.pk).exists():
+        raise InvalidInput(
+            f"A conversation can have at most {limit:,} members besides its owner.", code="too_many_members"
+        )
     conversation.members.add(member)
     conversation.updated_at = timezone.now()
     conversation.save(update_fields=["updated_at"])

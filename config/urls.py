@@ -1,12 +1,31 @@
+from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from chat import views
 
+# Django's auth views, named as django.contrib.auth.urls names them.
+account_patterns = [
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("password_change/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path("password_change/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+]
+# Password reset sends email: without a mail server it would only make
+# anonymous visitors' requests try SMTP, so it exists only with EMAIL_HOST.
+if settings.EMAIL_HOST:
+    account_patterns += [
+        path("password_reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+        path("password_reset/done/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
+        path("reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(), name="password_reset_confirm"),
+        path("reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
+    ]
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/signup/", views.signup, name="signup"),
-    path("accounts/", include("django.contrib.auth.urls")),
+    path("accounts/", include(account_patterns)),
     path("", include("chat.urls")),
 ]
 

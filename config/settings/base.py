@@ -5,6 +5,7 @@ process environment or a ``.env`` file at the project root. The variables are
 those of the contract's "Running it" plus a few documented in ``.env.example``.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -30,6 +31,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    # Login throttling: failed sign-ins counted in the database (every process agrees).
+    "axes",
     "chat",
 ]
 
@@ -46,6 +49,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes requires: turns a locked-out sign-in into the 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -113,6 +118,31 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
+# axes' backend, counting each sign-in, refuses a locked-out one before the
+# password is checked; ModelBackend then checks it (and loads the user of
+# existing sessions).
+AUTHENTICATION_BACKENDS = ["chat.lockout.SignInBackend", "django.contrib.auth.backends.ModelBackend"]
+
+# Sign-in throttling (/accounts/login/, /admin/login/). A username OR a client
+# address with AXES_FAILURE_LIMIT failures within the cool-off is refused with
+# 429 and Retry-After, even with the right password, until its last failure is
+# older than the cool-off. `manage.py axes_reset` unlocks everyone.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(seconds=env.int("AXES_COOLOFF_SECONDS", default=900))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# Refused attempts during a lockout are not counted, so Retry-After holds.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Counts a sign-in before its password is checked (exact under concurrency);
+# a success clears the username's failures only (axes' AXES_RESET_ON_SUCCESS
+# would clear the address's failures against other usernames too).
+AXES_HANDLER = "chat.lockout.SignInAttempts"
+AXES_RESET_ON_SUCCESS = False
+AXES_LOCKOUT_CALLABLE = "chat.lockout.lockout_response"
+# The address is REMOTE_ADDR as daphne sets it: the TCP peer, or nginx's
+# X-Forwarded-For only when daphne runs with --proxy-headers (docker/entrypoint.sh,
+# where nginx alone reaches it and overwrites the header). A client's own
+# X-Forwarded-For is never read here, even if django-ipware gets installed.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -145,6 +175,15 @@ CONTENT_SECURITY_POLICY = {
 
 # Anyone may create an account at /accounts/signup/ when true.
 ALLOW_SIGNUP = env.bool("ALLOW_SIGNUP", default=False)
+
+# Outgoing email (SMTP). Without EMAIL_HOST the site sends none, and the
+# password-reset pages do not exist (config/urls.py): nothing makes it try.
+EMAIL_HOST = env("EMAIL_HOST", default="")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
 
 # LLM endpoint. No LLM_BASE_URL: the offline "demo" model.
 LLM_API = env("LLM_API", default="openai")
@@ -186,6 +225,8 @@ CHAT_DB_SHARED_POOL = True
 CHAT_DAILY_TOKEN_QUOTA = env.int("CHAT_DAILY_TOKEN_QUOTA", default=1_000_000)
 CHAT_MESSAGES_PER_MINUTE = env.int("CHAT_MESSAGES_PER_MINUTE", default=20)
 CHAT_MAX_STREAMS_PER_USER = env.int("CHAT_MAX_STREAMS_PER_USER", default=20)
+# People a conversation may be shared with (its owner not counted).
+CHAT_MAX_MEMBERS = env.int("CHAT_MAX_MEMBERS", default=50)
 
 # One line a record on stdout: JSON for log collectors (production's default)
 # or plain text for a terminal. Every record passes the two filters: its
@@ -221,6 +262,8 @@ LOGGING = {
         # httpx logs every request URL at INFO; keep it quiet.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # axes: failures and lockouts (WARNING) yes, a start-up banner in every manage.py output no.
+        "axes": {"level": "WARNING"},
     },
 }
 # Opt-in, off by default: every SQL statement at DEBUG (Django logs them only
