@@ -4,10 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# The server `make test-postgres` runs against; .ci/run creates this role (with CREATEDB) and database.
-POSTGRES_URL ?= postgres://chat:chat@127.0.0.1:5432/chat
+# A PostgreSQL server of yours for `make test-postgres` (a role that may create
+# databases); unset, scripts/test-deps starts the local cluster and gives its URL.
+# Exported, so that recipes read it from the environment and never echo its password.
+POSTGRES_URL ?=
+export POSTGRES_URL
 
-.PHONY: run test test-postgres setup install migrate admin bench lint format check-deploy clean
+.PHONY: run test test-deps test-postgres setup install migrate admin bench lint format check-deploy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +30,18 @@ setup: install
 run: setup
 	$(BIN)/python manage.py serve -b $(HOST) -p $(PORT)
 
-## test: the whole suite (needs redis-server and chromium on PATH; .ci/run installs them)
-test: install
+## test: the whole suite, after scripts/test-deps installs the servers it runs (redis-server, chromium, nginx, PostgreSQL)
+test: test-deps install
 	$(BIN)/python -m pytest
 
-## test-postgres: the same suite on PostgreSQL at $(POSTGRES_URL) (pytest-django creates test_<name> there)
-test-postgres: install
-	DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest
+## test-deps: install the servers the suite runs when missing (as root with apt; otherwise prints the command)
+test-deps:
+	scripts/test-deps
+
+## test-postgres: the same suite on PostgreSQL: POSTGRES_URL, else the local cluster (pytest-django creates test_<name> there)
+test-postgres: test-deps install
+	url="$$POSTGRES_URL"; [ -n "$$url" ] || url=$$(scripts/test-deps --postgres) || exit 1; \
+	DATABASE_URL="$$url" $(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python -m bench

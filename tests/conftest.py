@@ -256,9 +256,13 @@ class PostgresServer:
 
 @pytest.fixture
 def postgres_server():
-    """A private PostgreSQL server (skips when PostgreSQL is not installed)."""
+    """A private PostgreSQL server; a test that needs one fails when PostgreSQL is not installed."""
     if postgres_bindir() is None:
-        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+        pytest.fail(
+            "PostgreSQL is not installed: this test runs a private PostgreSQL server. "
+            "Install it with `make test-deps` (as root) or `sudo apt-get install -y postgresql`.",
+            pytrace=False,
+        )
     server = PostgresServer().start()
     yield server
     server.remove()
