@@ -5,8 +5,10 @@ Every error leaves as ``{"error": {"code", "message"}}`` with the contract's sta
 
 import asyncio
 import functools
+import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 
@@ -18,7 +20,7 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from redis.exceptions import RedisError
 
 from . import models as chat_models
-from . import selectors, services, streaming
+from . import selectors, services, streaming, transport
 from .db import adb
 from .errors import (
     ChatError,
@@ -33,17 +35,21 @@ from .errors import (
 )
 from .eventlog import get_event_log
 from .events import (
+    ACCESS_REVOKED,
     CONVERSATION_DELETED,
     CONVERSATION_UPDATED,
     FINAL_EVENTS,
     HEARTBEAT,
+    MESSAGE_CREATED,
     MESSAGE_SNAPSHOT,
     RESYNC,
+    REVOKED_DELETED,
+    REVOKED_SIGNED_OUT,
     frame,
     parse_id,
     retry_frame,
 )
-from .fanout import Resync, get_hub
+from .fanout import AccessCheck, Resync, get_hub
 from .serializers import conversation_to_dict, message_to_dict
 
 logger = logging.getLogger(__name__)
@@ -128,6 +134,8 @@ def parse_body(request, fields: dict[str, type], *, required=()) -> dict:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise InvalidInput("The request body is not valid JSON.", code="invalid_json") from None
+        except RecursionError:
+            raise InvalidInput("The request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidInput("The request body must be a JSON object.", code="invalid_json")
     unknown = sorted(set(data) - set(fields))
@@ -142,7 +150,23 @@ def parse_body(request, fields: dict[str, type], *, required=()) -> dict:
         expected = fields[name]
         if not isinstance(value, expected) or isinstance(value, bool) and expected is not bool:
             raise InvalidInput(f"The field {name!r} must be a {_type_name(expected)}.", code="invalid_field")
+        if isinstance(value, str) and _UNSTORABLE.search(value):
+            raise InvalidInput(
+                f"The field {name!r} contains a NUL character or a lone UTF-16 surrogate, which cannot be stored.",
+                code="invalid_field",
+            )
     return data
+
+
+# Text no database column takes: NUL (PostgreSQL refuses it) and lone surrogates (not UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` if it can be stored and searched, else InvalidInput naming ``what``."""
+    if _UNSTORABLE.search(value):
+        raise InvalidInput(f"{what} contains a NUL character or a lone UTF-16 surrogate.", code="invalid_input")
+    return value
 
 
 def _type_name(expected):
@@ -191,7 +215,7 @@ def models_list(request, user):
 @api_view("GET", "POST")
 def conversations(request, user):
     if request.method == "GET":
-        title = request.GET.get("q", "")
+        title = check_text(request.GET.get("q", ""), "The search text")
         items = selectors.conversation_list_for_user(user=user, title_contains=title)
         return JsonResponse({"conversations": [conversation_to_dict(c) for c in items]})
     data = _clean_conversation_fields(parse_body(request, CONVERSATION_FIELDS))
@@ -236,6 +260,7 @@ def members(request, user, conversation_id):
 @api_view("DELETE")
 def member_detail(request, user, conversation_id, username):
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    username = check_text(username, "The username")
     services.conversation_member_remove(conversation=conversation, user=user, username=username)
     # The event tells open streams of the removed member to end.
     _conversation_changed(user, conversation_id, status=200)
@@ -251,9 +276,17 @@ def not_found(request, user):
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MESSAGE_FIELDS = {"content": str, "model": str}
+# A stream re-checks its viewer's session and membership every this many
+# heartbeats, in case an access.revoked signal was lost (Redis restarting).
+ACCESS_RECHECK_HEARTBEATS = 2
 
 
-def _sse_response(stream) -> StreamingHttpResponse:
+def _sse_response(stream, request) -> StreamingHttpResponse:
+    # A client that stops reading is cut off before it costs this process more
+    # than its budget in unsent bytes (daphne never makes a write wait).
+    stream = transport.within_budget(
+        stream, request.scope, budget=settings.CHAT_VIEWER_MAX_PENDING_BYTES, label=request.path
+    )
     response = StreamingHttpResponse(stream, content_type="text/event-stream; charset=utf-8")
     for name, value in SSE_HEADERS.items():
         response[name] = value
@@ -264,9 +297,18 @@ def _wants_sse(request) -> bool:
     return "text/event-stream" in request.headers.get("Accept", "")
 
 
-def _message_checks(user, conversation_id, data):
-    """One thread hop: visibility, model, the user's limits. Returns (conversation, model, limits)."""
+def _message_checks(user, conversation_id, data, idempotency):
+    """One thread hop: visibility, an earlier post with the same Idempotency-Key, model, the user's limits.
+
+    Returns (conversation, model, limits, replay): ``replay`` is the
+    (user message, reply) of the earlier post, when this is a repeat (then
+    no limit applies: nothing new is created).
+    """
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    if idempotency is not None:
+        replay = selectors.idempotent_post(user=user, key=idempotency[0], request_hash=idempotency[1])
+        if replay is not None:
+            return conversation, None, None, replay
     model = data.get("model") or conversation.model
     if model not in available_models():
         raise InvalidInput(
@@ -274,16 +316,61 @@ def _message_checks(user, conversation_id, data):
             code="unknown_model",
         )
     selectors.message_allowance_check(user=user)
-    return conversation, model, selectors.user_limits(user=user)
+    return conversation, model, selectors.user_limits(user=user), None
 
 
-def _message_store(user, conversation, content, model):
+_IDEMPOTENCY_KEY = re.compile(rf"[\x20-\x7e]{{1,{chat_models.IDEMPOTENCY_KEY_MAX_LENGTH}}}")
+
+
+def _idempotency(request, conversation_id, data) -> tuple[str, str] | None:
+    """(key, request hash) from the ``Idempotency-Key`` header, None without one; InvalidInput if malformed."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidInput(
+            f"Idempotency-Key must be 1 to {chat_models.IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters.",
+            code="invalid_idempotency_key",
+        )
+    asked = json.dumps([str(conversation_id), data["content"], data.get("model")], ensure_ascii=True)
+    return key, hashlib.sha256(asked.encode()).hexdigest()
+
+
+def _message_store(user, conversation, content, model, limits, idempotency):
     """One thread hop: store both messages and read the history the model will get."""
+    key, request_hash = idempotency or (None, "")
     user_message, assistant_message = services.message_submit(
-        conversation=conversation, author=user, content=content, model=model
+        conversation=conversation,
+        author=user,
+        content=content,
+        model=model,
+        messages_per_minute=limits["messages_per_minute"],
+        idempotency_key=key,
+        request_hash=request_hash,
     )
     history = selectors.message_history_for_generation(conversation=conversation, before_message=assistant_message)
     return user_message, assistant_message, history
+
+
+class StreamAccess:
+    """Who an event stream serves, and the credential it was opened with, to re-check at any time."""
+
+    def __init__(self, request, user, conversation_id):
+        self.session_key = request.session.session_key
+        self.user_id = user.pk
+        self.conversation_id = conversation_id
+
+    async def lost(self) -> str | None:
+        """The ``access.revoked`` reason if the viewer may no longer read this stream, else None."""
+        return await selectors.astream_access_lost(
+            session_key=self.session_key, user_id=self.user_id, conversation_id=self.conversation_id
+        )
+
+    async def lost_after(self, check: AccessCheck) -> str | None:
+        """The reason after an ``AccessCheck``: one ended session is decided without the database."""
+        if check.ended_session is not None:
+            return REVOKED_SIGNED_OUT if check.ended_session == self.session_key else None
+        return await self.lost()
 
 
 @api_view("POST")
@@ -293,16 +380,30 @@ async def messages(request, user, conversation_id):
     if not data["content"].strip():
         raise InvalidInput("The message is empty.", code="empty_content")
     _check_length(data, "content", settings.CHAT_MAX_MESSAGE_CHARS, too_large=True)
-    conversation, model, limits = await adb(_message_checks)(user, conversation_id, data)
+    idempotency = _idempotency(request, conversation_id, data)
+    conversation, model, limits, replay = await adb(_message_checks)(user, conversation_id, data, idempotency)
     sse = _wants_sse(request)
-    slot = await _open_stream_slot(user, limits["max_open_streams"]) if sse else None
+    if replay is not None:
+        return await _replay_post(request, user, conversation, *replay, sse=sse)
+    slot = viewer = None
     try:
-        user_message, assistant_message, history = await adb(_message_store)(user, conversation, data["content"], model)
+        if sse:
+            # Everything that needs Redis happens before anything is written:
+            # with Redis down the post is refused, never half-done.
+            slot = await _open_stream_slot(user, limits["max_open_streams"])
+            viewer = await get_hub().join(conversation.id, user_id=user.pk)
+            last_id = await get_event_log().tail(str(conversation.id))
+        user_message, assistant_message, history = await adb(_message_store)(
+            user, conversation, data["content"], model, limits, idempotency
+        )
     except BaseException:
+        if viewer is not None:
+            get_hub().leave(viewer)
         if slot is not None:
             await _release_slot(slot)
         raise
-    start = dict(
+    # From here the post has succeeded whatever Redis does (generation_start never raises for it).
+    await streaming.generation_start(
         conversation=conversation,
         user_message=user_message,
         assistant_message=assistant_message,
@@ -310,23 +411,82 @@ async def messages(request, user, conversation_id):
         accepted_at=accepted_at,
     )
     if not sse:
-        await streaming.generation_start(**start)
         return JsonResponse(
             {"user_message": message_to_dict(user_message), "assistant_message": message_to_dict(assistant_message)},
             status=202,
         )
-    # Join the feed before the first event so this response misses none.
-    hub = get_hub()
-    viewer = await hub.join(conversation.id)
+    ids = (str(user_message.id), str(assistant_message.id))
+    markers = tuple(f'"{key}":"{mid}"' for mid in ids for key in ("id", "message_id"))
+    access = StreamAccess(request, user, str(conversation.id))
+    return _sse_response(
+        _event_stream(
+            viewer,
+            access,
+            slot,
+            last_id=last_id,
+            wanted=lambda item: any(marker in item.data for marker in markers),
+            final_id=ids[1],
+        ),
+        request,
+    )
+
+
+async def _replay_post(request, user, conversation, user_message, assistant_message, *, sse):
+    """Answer a repeated post (same Idempotency-Key) as the first was answered, creating nothing.
+
+    JSON: 202 with both messages as they are now. Event stream: the user's
+    message, then the reply's snapshot and live events while it streams, or
+    its final event if it has ended.
+    """
+    if not sse:
+        body = {"user_message": message_to_dict(user_message), "assistant_message": message_to_dict(assistant_message)}
+        return JsonResponse(body, status=202)
+    conversation_id = str(conversation.id)
+    limits = await adb(selectors.user_limits)(user=user)
+    slot = await _open_stream_slot(user, limits["max_open_streams"])
+    viewer = None
     try:
-        last_id = await get_event_log().tail(str(conversation.id))
-        await streaming.generation_start(**start)
+        viewer = await get_hub().join(conversation_id, user_id=user.pk)
+        last_id, states = await get_event_log().cut(conversation_id)
+        state = next((s for s in states if f'"id":"{assistant_message.id}"' in s.message), None)
+        if state is None:
+            # Ended (perhaps just now): the stored message is final.
+            assistant_message = await adb(selectors.message_get)(
+                conversation=conversation, message_id=assistant_message.id
+            )
     except BaseException:
-        hub.leave(viewer)
+        if viewer is not None:
+            get_hub().leave(viewer)
         await _release_slot(slot)
         raise
-    ids = (str(user_message.id), str(assistant_message.id))
-    return _sse_response(_generation_stream(viewer, last_id, ids, slot))
+    prelude = frame(MESSAGE_CREATED, message_to_dict(user_message), last_id)
+    if state is None:
+        final = FINAL_EVENTS.get(assistant_message.status, MESSAGE_CREATED)
+        prelude += frame(final, message_to_dict(assistant_message), last_id)
+        get_hub().leave(viewer)
+        await _release_slot(slot)
+        return _sse_response(_frames(retry_frame(2000) + prelude), request)
+    snapshot = json.loads(state.message)
+    snapshot.update(content=state.content, reasoning=state.reasoning)
+    prelude += frame(MESSAGE_SNAPSHOT, {"message": snapshot, "seq": state.seq}, last_id)
+    marker = f'"{assistant_message.id}"'
+    access = StreamAccess(request, user, conversation_id)
+    return _sse_response(
+        _event_stream(
+            viewer,
+            access,
+            slot,
+            last_id=last_id,
+            prelude=prelude,
+            wanted=lambda item: marker in item.data,
+            final_id=str(assistant_message.id),
+        ),
+        request,
+    )
+
+
+async def _frames(data: bytes):
+    yield data
 
 
 async def _next_items(viewer, pending):
@@ -357,13 +517,6 @@ def _stream_slot_ttl() -> float:
     return settings.CHAT_HEARTBEAT_SECONDS * 3 + 5
 
 
-async def _release(viewer, pending, slot) -> None:
-    """A response stream ended: leave the feed and free the user's stream slot."""
-    pending.cancel()
-    viewer.feed.hub.leave(viewer)
-    await _release_slot(slot)
-
-
 async def _release_slot(slot) -> None:
     try:
         await get_event_log().stream_close(*slot)
@@ -371,36 +524,85 @@ async def _release_slot(slot) -> None:
         logger.warning("could not release an event stream slot")
 
 
-async def _generation_stream(viewer, last_id, ids, slot):
-    """The events of one generation (both messages), ending after the reply's final event."""
-    user_id, assistant_id = ids
-    markers = tuple(f'"{key}":"{mid}"' for mid in ids for key in ("id", "message_id"))
+async def _event_stream(viewer, access, slot, *, last_id, prelude=b"", backlog=(), wanted=None, final_id=None):
+    """The frames of one event stream, live from ``last_id``.
+
+    Sends ``prelude`` (snapshots, a resync), then ``backlog``, then what the
+    feed delivers: every logged event after ``last_id`` that ``wanted``
+    accepts (all when None), a heartbeat when idle. Ends after the final event
+    of message ``final_id`` (when given); with ``access.revoked`` as the last
+    event when the viewer loses access (signed out, removed, deleted); when
+    the viewer falls too far behind (the client resumes from the log); or on
+    any error, so a broken stream never stays open and silent. Always leaves
+    the feed and frees the stream slot.
+    """
     viewer.started = True
     pending = asyncio.ensure_future(viewer.queue.get())
     last_key = parse_id(last_id)
+    heartbeats = 0
     try:
-        yield retry_frame(2000)
+        yield retry_frame(2000) + prelude
+        items = list(backlog)
         while True:
-            items, pending = await _next_items(viewer, pending)
+            if not items:
+                items, pending = await _next_items(viewer, pending)
+            if viewer.overflowed:
+                return
             if not items:
                 yield HEARTBEAT
+                heartbeats += 1
+                await _refresh_slot(slot)
+                if heartbeats % ACCESS_RECHECK_HEARTBEATS == 0 and (reason := await access.lost()):
+                    yield frame(ACCESS_REVOKED, {"reason": reason}, last_id)
+                    return
                 continue
             chunk = []
+            reason = None
             for item in items:
                 if isinstance(item, Resync):
+                    last_id, last_key = item.id, parse_id(item.id)
                     chunk.append(frame(RESYNC, {}, item.id))
                     continue
-                if item.key <= last_key or not any(marker in item.data for marker in markers):
+                if isinstance(item, AccessCheck):
+                    if reason := await access.lost_after(item):
+                        break
                     continue
-                last_key = item.key
+                if item.key <= last_key:
+                    continue
+                last_id, last_key = item.id, item.key
+                if item.type == CONVERSATION_DELETED:
+                    reason = REVOKED_DELETED
+                    break
+                # Membership may have changed: ask the one visibility rule again.
+                if item.type == CONVERSATION_UPDATED and (reason := await access.lost()):
+                    break
+                if wanted is not None and not wanted(item):
+                    continue
                 chunk.append(item.frame())
-                if item.type in FINAL_TYPES and f'"id":"{assistant_id}"' in item.data:
+                if final_id is not None and item.type in FINAL_TYPES and f'"id":"{final_id}"' in item.data:
                     yield b"".join(chunk)
                     return
+            items = []
+            if reason is not None:
+                chunk.append(frame(ACCESS_REVOKED, {"reason": reason}, last_id))
+                yield b"".join(chunk)
+                return
             if chunk:
                 yield b"".join(chunk)
+    except Exception:
+        # The client reconnects (EventSource) and resumes from the log.
+        logger.exception("event stream of conversation %s ended by an error", viewer.feed.conversation_id)
     finally:
-        await _release(viewer, pending, slot)
+        pending.cancel()
+        viewer.feed.hub.leave(viewer)
+        await _release_slot(slot)
+
+
+async def _refresh_slot(slot) -> None:
+    try:
+        await get_event_log().stream_refresh(*slot, ttl=_stream_slot_ttl())
+    except (RedisError, ConnectionError):
+        pass  # Redis is restarting; the feed tells this viewer to resync
 
 
 @api_view("POST")
@@ -416,6 +618,7 @@ async def message_stop(request, user, conversation_id, message_id):
 @api_view("GET")
 async def events(request, user, conversation_id):
     conversation = await selectors.aconversation_get_for_user(user=user, conversation_id=conversation_id)
+    conversation_id = str(conversation.id)
     last_event_id = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or None
     if last_event_id is not None:
         try:
@@ -424,80 +627,33 @@ async def events(request, user, conversation_id):
             raise InvalidInput("Last-Event-ID is not an id this server gave out.", code="invalid_event_id") from None
     limits = await adb(selectors.user_limits)(user=user)
     slot = await _open_stream_slot(user, limits["max_open_streams"])
-    viewer = await get_hub().join(conversation.id)
-    return _sse_response(_conversation_stream(viewer, user, str(conversation.id), last_event_id, slot))
-
-
-async def _conversation_stream(viewer, user, conversation_id, last_event_id, slot):
-    """Every event of the conversation, live, from a snapshot or from ``last_event_id``."""
-    viewer.started = True
-    log = get_event_log()
-    pending = asyncio.ensure_future(viewer.queue.get())
-    heartbeats = 0
+    hub = get_hub()
+    viewer = None
     try:
-        yield retry_frame(2000)
+        viewer = await hub.join(conversation_id, user_id=user.pk)
+        log = get_event_log()
+        backlog, prelude = [], b""
         if last_event_id is None:
             last_id, states = await log.cut(conversation_id)
-            chunk = []
+            snapshots = []
             for state in states:
                 message = json.loads(state.message)
                 message.update(content=state.content, reasoning=state.reasoning)
-                chunk.append(frame(MESSAGE_SNAPSHOT, {"message": message, "seq": state.seq}, last_id))
-            if chunk:
-                yield b"".join(chunk)
-            backlog = []
+                snapshots.append(frame(MESSAGE_SNAPSHOT, {"message": message, "seq": state.seq}, last_id))
+            prelude = b"".join(snapshots)
         else:
             backlog = await log.after(conversation_id, last_event_id)
             if backlog is None:
-                last_id = await log.tail(conversation_id)
-                yield frame(RESYNC, {}, last_id)
-                backlog = []
+                backlog, last_id = [], await log.tail(conversation_id)
+                prelude = frame(RESYNC, {}, last_id)
             else:
                 last_id = last_event_id
-        last_key = parse_id(last_id)
-        while True:
-            if backlog:
-                items, backlog = backlog, []
-            else:
-                items, pending = await _next_items(viewer, pending)
-            if viewer.overflowed:
-                return  # too far behind: the client resumes from the log
-            if not items:
-                yield HEARTBEAT
-                heartbeats += 1
-                try:
-                    await log.stream_refresh(*slot, ttl=_stream_slot_ttl())
-                except (RedisError, ConnectionError):
-                    pass  # Redis is restarting; the feed tells this viewer to resync
-
-                # Membership changes also arrive as events; this is the backstop.
-                if heartbeats % 4 == 0 and not await selectors.aconversation_is_visible(
-                    user=user, conversation_id=conversation_id
-                ):
-                    return
-                continue
-            chunk = []
-            for item in items:
-                if isinstance(item, Resync):
-                    chunk.append(frame(RESYNC, {}, item.id))
-                    last_key = parse_id(item.id)
-                    continue
-                if item.key <= last_key:
-                    continue
-                if item.type == CONVERSATION_DELETED:
-                    if chunk:
-                        yield b"".join(chunk)
-                    return
-                # Membership may have changed: ask the one visibility rule again.
-                if item.type == CONVERSATION_UPDATED and not await selectors.aconversation_is_visible(
-                    user=user, conversation_id=conversation_id
-                ):
-                    if chunk:
-                        yield b"".join(chunk)
-                    return
-                last_key = item.key
-                chunk.append(item.frame())
-            if chunk:
-                yield b"".join(chunk)
-    finally:
-        await _release(viewer, pending, slot)
+    except BaseException:
+        if viewer is not None:
+            hub.leave(viewer)
+        await _release_slot(slot)
+        raise
+    access = StreamAccess(request, user, conversation_id)
+    return _sse_response(
+        _event_stream(viewer, access, slot, last_id=last_id, prelude=prelude, backlog=backlog), request
+    )

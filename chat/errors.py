@@ -47,6 +47,11 @@ class Conflict(ChatError):
     code = "generation_in_progress"
 
 
+class Unprocessable(ChatError):
+    status = 422
+    code = "unprocessable"
+
+
 class TooLarge(ChatError):
     status = 413
     code = "content_too_large"

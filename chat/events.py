@@ -8,6 +8,7 @@ from the in-process log).
 from __future__ import annotations
 
 import json
+import re
 
 MESSAGE_CREATED = "message.created"
 MESSAGE_DELTA = "message.delta"
@@ -18,6 +19,11 @@ MESSAGE_CANCELLED = "message.cancelled"
 MESSAGE_INTERRUPTED = "message.interrupted"
 CONVERSATION_UPDATED = "conversation.updated"
 RESYNC = "resync"
+# The last event of a stream whose viewer lost access; the client does not reconnect.
+ACCESS_REVOKED = "access.revoked"
+REVOKED_REMOVED = "removed"
+REVOKED_DELETED = "deleted"
+REVOKED_SIGNED_OUT = "signed_out"
 # Internal: logged so every stream sees it in order, never sent to a client.
 CONVERSATION_DELETED = "conversation.deleted"
 
@@ -40,12 +46,20 @@ def dumps(data: dict) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
+# ASCII digits only (str.isdigit() takes full-width ones); each part fits Redis's 64 bits.
+_EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_MAX_PART = 2**64 - 1
+
+
 def parse_id(event_id: str) -> tuple[int, int]:
-    """``"<ms>-<n>"`` as a comparable pair; ValueError if malformed."""
-    ms, sep, n = event_id.partition("-")
-    if not sep or not ms.isdigit() or not n.isdigit() or len(event_id) > 40:
-        raise ValueError(f"not an event id: {event_id!r}")
-    return int(ms), int(n)
+    """``"<ms>-<n>"`` as a comparable pair; ValueError if malformed or out of Redis's range."""
+    match = _EVENT_ID.fullmatch(event_id)
+    if match is None:
+        raise ValueError(f"not an event id: {event_id[:60]!r}")
+    ms, n = int(match[1]), int(match[2])
+    if ms > _MAX_PART or n > _MAX_PART:
+        raise ValueError(f"not an event id: {event_id[:60]!r}")
+    return ms, n
 
 
 class Event:

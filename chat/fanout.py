@@ -41,6 +41,10 @@ def generation_group(message_id) -> str:
     return f"generation.{message_id}"
 
 
+def user_group(user_id) -> str:
+    return f"user.{user_id}"
+
+
 class Resync:
     """Marker put on viewer queues: the feed lost events it cannot recover."""
 
@@ -48,11 +52,23 @@ class Resync:
         self.id = event_id
 
 
-class Viewer:
-    """One open event stream's inbox."""
+class AccessCheck:
+    """Marker put on a user's viewers' queues: their credentials changed.
 
-    def __init__(self, feed: Feed):
+    ``ended_session``: that session is over (signed out); None: each stream
+    re-validates its own session (deactivated, password changed).
+    """
+
+    def __init__(self, ended_session: str | None):
+        self.ended_session = ended_session
+
+
+class Viewer:
+    """One open event stream's inbox, for one signed-in user."""
+
+    def __init__(self, feed: Feed, user_id=None):
         self.feed = feed
+        self.user_id = None if user_id is None else str(user_id)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.overflowed = False
         # Set by the response's generator when it first runs; see Hub.join.
@@ -182,14 +198,18 @@ class Hub:
 
     def __init__(self, *, idle_check_seconds: float = 15.0, busy_check_seconds: float = 1.0):
         self.feeds: dict[str, Feed] = {}
+        self.users = _UserWatch(self)
         self.locks: dict[str, asyncio.Lock] = {}
         self.idle_check_seconds = idle_check_seconds
         self.busy_check_seconds = busy_check_seconds
         self.layer = get_channel_layer()
         self.log = get_event_log()
 
-    async def join(self, conversation_id: str) -> Viewer:
-        """A new viewer of the conversation; events logged from now on reach its queue."""
+    async def join(self, conversation_id: str, *, user_id=None) -> Viewer:
+        """A new viewer of the conversation; events logged from now on reach its queue.
+
+        With ``user_id``, access changes of that user reach it too (``AccessCheck``).
+        """
         conversation_id = str(conversation_id)
         lock = self.locks.setdefault(conversation_id, asyncio.Lock())
         async with lock:
@@ -201,8 +221,14 @@ class Hub:
             if feed.linger is not None:
                 feed.linger.cancel()
                 feed.linger = None
-            viewer = Viewer(feed)
+            viewer = Viewer(feed, user_id)
             feed.viewers.add(viewer)
+        if user_id is not None:
+            try:
+                await self.users.add(viewer)
+            except BaseException:
+                self.leave(viewer)
+                raise
         # Django never runs an un-started response generator's cleanup when the
         # client disconnects early, so such a viewer is removed here instead.
         asyncio.get_running_loop().call_later(VIEWER_START_DEADLINE_SECONDS, self._drop_if_unstarted, viewer)
@@ -215,6 +241,7 @@ class Hub:
     def leave(self, viewer: Viewer) -> None:
         feed = viewer.feed
         feed.viewers.discard(viewer)
+        self.users.discard(viewer)
         if not feed.viewers and feed.linger is None:
             feed.linger = asyncio.get_running_loop().call_later(
                 FEED_LINGER_SECONDS, lambda: asyncio.ensure_future(self._close_if_idle(feed))
@@ -228,6 +255,84 @@ class Hub:
                 return
             del self.feeds[feed.conversation_id]
             await feed.stop()
+
+
+class _UserWatch:
+    """This process's subscriptions to ``user.<id>`` groups: one channel for every user with local viewers.
+
+    A user's credential change (signed out, deactivated, password changed) is
+    sent to their group; each of their viewers here gets an ``AccessCheck``.
+    """
+
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        self.viewers: dict[str, set[Viewer]] = {}
+        self.channel: str | None = None
+        self.task: asyncio.Task | None = None
+        self.lock = asyncio.Lock()
+
+    async def add(self, viewer: Viewer) -> None:
+        async with self.lock:
+            if self.channel is None:
+                self.channel = await self.hub.layer.new_channel()
+            if self.task is None or self.task.done():
+                self.task = asyncio.create_task(self._run(), name="user access feed")
+            viewers = self.viewers.get(viewer.user_id)
+            if viewers is None:
+                await self.hub.layer.group_add(user_group(viewer.user_id), self.channel)
+                viewers = self.viewers[viewer.user_id] = set()
+            viewers.add(viewer)
+
+    def discard(self, viewer: Viewer) -> None:
+        viewers = self.viewers.get(viewer.user_id)
+        if viewers is None:
+            return
+        viewers.discard(viewer)
+        if not viewers:
+            del self.viewers[viewer.user_id]
+            asyncio.ensure_future(self._leave_group(viewer.user_id))
+
+    async def _leave_group(self, user_id: str) -> None:
+        async with self.lock:
+            if user_id in self.viewers:
+                return  # a new viewer came meanwhile
+            try:
+                await self.hub.layer.group_discard(user_group(user_id), self.channel)
+            except Exception:  # Redis down: the membership expires with the layer's group expiry
+                logger.warning("could not leave the access group of user %s", user_id)
+
+    async def _run(self) -> None:
+        layer = self.hub.layer
+        rejoin = False
+        while True:
+            try:
+                if rejoin:
+                    # After a Redis restart the subscriptions are gone; a change
+                    # missed meanwhile is caught by the streams' periodic re-check.
+                    for user_id in list(self.viewers):
+                        await layer.group_add(user_group(user_id), self.channel)
+                    rejoin = False
+                message = await layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("user access feed: receive failed (%s); retrying", exc)
+                rejoin = True
+                await asyncio.sleep(1.0)
+                continue
+            if message.get("type") != "user.access":
+                continue
+            check = AccessCheck(message.get("session") or None)
+            for viewer in list(self.viewers.get(str(message.get("user")), ())):
+                # Past the queue limit too: this marker must arrive.
+                viewer.queue.put_nowait(check)
+
+
+async def announce_access_change(user_id, *, ended_session: str | None = None) -> None:
+    """Tell every process that ``user_id``'s credentials changed (or that one session ended)."""
+    await get_channel_layer().group_send(
+        user_group(user_id), {"type": "user.access", "user": str(user_id), "session": ended_session or ""}
+    )
 
 
 _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}

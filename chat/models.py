@@ -4,6 +4,7 @@ Side effects (events, generations, timestamps) live in ``chat.services``.
 """
 
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
@@ -13,6 +14,9 @@ from django.utils import timezone
 TITLE_MAX_LENGTH = 200
 MODEL_MAX_LENGTH = 200
 SYSTEM_PROMPT_MAX_LENGTH = 20_000
+# Contract v2: a repeat of a post with the same Idempotency-Key within this long answers the first.
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+IDEMPOTENCY_KEY_MAX_LENGTH = 200
 
 
 class Conversation(models.Model):
@@ -164,3 +168,21 @@ class UsageLimit(models.Model):
 
     def __str__(self):
         return f"Limits for {self.user}"
+
+
+class IdempotencyKey(models.Model):
+    """A post's ``Idempotency-Key``: a repeat by the same user within the window answers these messages."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=IDEMPOTENCY_KEY_MAX_LENGTH)
+    # SHA-256 of what the post asked for (conversation, content, model): a repeat must match it.
+    request_hash = models.CharField(max_length=64)
+    user_message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+")
+    assistant_message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_unique_per_user")]
+
+    def __str__(self):
+        return f"{self.user_id}: {self.key}"

@@ -2,14 +2,18 @@
 
 import uuid
 from datetime import timedelta
+from importlib import import_module
+from types import SimpleNamespace
 
 from django.conf import settings
+from django.contrib import auth
 from django.db.models import Exists, OuterRef, Prefetch, Q, Sum
 from django.utils import timezone
 
 from .db import adb
-from .errors import NotFound, RateLimited
-from .models import Conversation, Message, UsageLimit
+from .errors import NotFound, RateLimited, Unprocessable
+from .events import REVOKED_DELETED, REVOKED_REMOVED, REVOKED_SIGNED_OUT
+from .models import IDEMPOTENCY_WINDOW, Conversation, IdempotencyKey, Message, UsageLimit
 
 
 def conversation_queryset_for_user(*, user):
@@ -68,6 +72,38 @@ def conversation_is_visible(*, user, conversation_id) -> bool:
 
 
 aconversation_is_visible = adb(conversation_is_visible)
+
+
+def session_user(*, session_key: str | None):
+    """The active user signed in with ``session_key`` right now, or None.
+
+    Read from the session store itself, never from a cached user: None once
+    the session was signed out or expired, the user deactivated or deleted,
+    or their password changed (Django's session auth hash no longer matches).
+    """
+    if not session_key:
+        return None
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = auth.get_user(SimpleNamespace(session=store))
+    return user if user.is_authenticated else None
+
+
+def stream_access_lost(*, session_key: str | None, user_id, conversation_id=None) -> str | None:
+    """Why an event stream opened by ``user_id`` with ``session_key`` must end now, or None if it may go on.
+
+    The reason is an ``access.revoked`` reason: signed out (the session is no
+    longer valid), deleted, or removed (the one visibility rule says no).
+    2 to 4 queries.
+    """
+    user = session_user(session_key=session_key)
+    if user is None or user.pk != user_id:
+        return REVOKED_SIGNED_OUT
+    if conversation_id is None or conversation_is_visible(user=user, conversation_id=conversation_id):
+        return None
+    return REVOKED_REMOVED if Conversation.objects.filter(pk=conversation_id).exists() else REVOKED_DELETED
+
+
+astream_access_lost = adb(stream_access_lost)
 
 
 def message_list(*, conversation):
@@ -136,29 +172,14 @@ def user_limits(*, user) -> dict[str, int]:
 
 
 def message_allowance_check(*, user) -> None:
-    """Raise RateLimited (with Retry-After) if ``user`` may not post a message now.
+    """Raise RateLimited (with Retry-After) if ``user``'s daily token quota is spent.
 
-    Counts the user's messages of the last minute and the tokens of the
-    replies they asked for since midnight UTC, from the database, so every
-    process agrees.
+    Counts the tokens of the replies they asked for since midnight UTC, from
+    the database, so every process agrees. (The per-minute message limit is
+    taken atomically with the insert: ``services.message_submit``.)
     """
     limits = user_limits(user=user)
     now = timezone.now()
-    per_minute = limits["messages_per_minute"]
-    if per_minute:
-        window = now - timedelta(minutes=1)
-        recent = list(
-            Message.objects.filter(author_id=user.pk, role=Message.Role.USER, created_at__gt=window)
-            .order_by("-created_at")
-            .values_list("created_at", flat=True)[:per_minute]
-        )
-        if len(recent) >= per_minute:
-            retry = max(1, int((recent[-1] - window).total_seconds()) + 1)
-            raise RateLimited(
-                f"You can send {per_minute} messages a minute. Try again in {retry} s.",
-                code="rate_limited",
-                retry_after=retry,
-            )
     quota = limits["daily_token_quota"]
     if quota:
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -177,3 +198,24 @@ def message_allowance_check(*, user) -> None:
                 code="quota_exceeded",
                 retry_after=retry,
             )
+
+
+def idempotent_post(*, user, key: str, request_hash: str):
+    """The (user message, reply) that ``user``'s post with ``key`` made in the last 24 h, or None.
+
+    Raises Unprocessable (``idempotency_key_reused``) when that post had
+    another body or went elsewhere (``request_hash`` differs).
+    """
+    record = (
+        IdempotencyKey.objects.filter(user=user, key=key, created_at__gte=timezone.now() - IDEMPOTENCY_WINDOW)
+        .select_related("user_message__author", "assistant_message__author")
+        .first()
+    )
+    if record is None or record.user_message is None or record.assistant_message is None:
+        return None
+    if record.request_hash != request_hash:
+        raise Unprocessable(
+            "This Idempotency-Key was already used for a different request. Use a new key for a new message.",
+            code="idempotency_key_reused",
+        )
+    return record.user_message, record.assistant_message

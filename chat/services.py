@@ -13,8 +13,8 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from .errors import Conflict, Forbidden, InvalidInput, NotFound
-from .models import Conversation, Message
+from .errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited
+from .models import IDEMPOTENCY_WINDOW, Conversation, IdempotencyKey, Message
 from .selectors import message_history_for_generation
 from .tokens import estimate_usage
 
@@ -88,17 +88,34 @@ def conversation_member_remove(*, conversation, user, username: str) -> None:
     conversation.save(update_fields=["updated_at"])
 
 
-def message_submit(*, conversation, author, content: str, model: str) -> tuple[Message, Message]:
+def message_submit(
+    *,
+    conversation,
+    author,
+    content: str,
+    model: str,
+    messages_per_minute: int = 0,
+    idempotency_key: str | None = None,
+    request_hash: str = "",
+) -> tuple[Message, Message]:
     """Store the user's message and the assistant's ``streaming`` placeholder.
 
-    Raises Conflict when a reply is already streaming in the conversation (the
-    database's partial unique constraint decides, so two processes cannot both
-    start one). The placeholder is created 1 µs after the user's message so
-    the transcript's order never depends on clock resolution.
+    Raises RateLimited when ``author`` already posted ``messages_per_minute``
+    messages in the last minute (0: no limit): the count and the insert are
+    one step, under a lock on the author's row, so concurrent posts on any
+    process cannot overshoot. Raises Conflict when a reply is already
+    streaming in the conversation (the database's partial unique constraint
+    decides, so two processes cannot both start one), or when a post with the
+    same ``idempotency_key`` is being stored right now. With
+    ``idempotency_key``, records it with ``request_hash`` (see
+    ``selectors.idempotent_post``). The placeholder is created 1 µs after the
+    user's message so the transcript's order never depends on clock resolution.
     """
-    now = timezone.now()
     try:
         with transaction.atomic():
+            if messages_per_minute:
+                _take_message_slot(author=author, per_minute=messages_per_minute)
+            now = timezone.now()
             user_message = Message.objects.create(
                 conversation=conversation,
                 role=Message.Role.USER,
@@ -117,7 +134,23 @@ def message_submit(*, conversation, author, content: str, model: str) -> tuple[M
                 created_at=now + timedelta(microseconds=1),
             )
             Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+            if idempotency_key is not None:
+                # A key older than its window is free again.
+                IdempotencyKey.objects.filter(user=author, created_at__lt=now - IDEMPOTENCY_WINDOW).delete()
+                IdempotencyKey.objects.create(
+                    user=author,
+                    key=idempotency_key,
+                    request_hash=request_hash,
+                    user_message=user_message,
+                    assistant_message=assistant_message,
+                    created_at=now,
+                )
     except IntegrityError:
+        if idempotency_key is not None and IdempotencyKey.objects.filter(user=author, key=idempotency_key).exists():
+            raise Conflict(
+                "A post with this Idempotency-Key is being stored right now. Retry it in a moment.",
+                code="idempotency_key_in_use",
+            ) from None
         if Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING).exists():
             raise Conflict(
                 "A reply is already being generated in this conversation. Wait for it or stop it first.",
@@ -126,6 +159,30 @@ def message_submit(*, conversation, author, content: str, model: str) -> tuple[M
         raise
     user_message.author = author
     return user_message, assistant_message
+
+
+def _take_message_slot(*, author, per_minute: int) -> None:
+    """Raise RateLimited if ``author`` posted ``per_minute`` messages in the last minute.
+
+    Call inside the transaction that inserts the message: it locks the
+    author's row first (PostgreSQL; SQLite's IMMEDIATE transactions already
+    serialise writers), so every process counts what the others inserted.
+    """
+    get_user_model().objects.select_for_update().filter(pk=author.pk).values_list("pk", flat=True).first()
+    now = timezone.now()
+    window = now - timedelta(minutes=1)
+    recent = list(
+        Message.objects.filter(author_id=author.pk, role=Message.Role.USER, created_at__gt=window)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)[:per_minute]
+    )
+    if len(recent) >= per_minute:
+        retry = max(1, int((recent[-1] - window).total_seconds()) + 1)
+        raise RateLimited(
+            f"You can send {per_minute} messages a minute. Try again in {retry} s.",
+            code="rate_limited",
+            retry_after=retry,
+        )
 
 
 def message_checkpoint(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 
 from asgiref.sync import async_to_sync
@@ -29,9 +28,9 @@ from .events import (
     MESSAGE_DELTA,
     dumps,
 )
-from .fanout import generation_group, publish
+from .fanout import announce_access_change, generation_group, publish
 from .providers import build_provider, shared_client
-from .providers.base import ChatMessage, Finish, ProviderError, ReasoningDelta, TextDelta, Usage
+from .providers.base import ChatMessage, Finish, ProviderError, ReasoningDelta, TextDelta, Usage, storable
 from .serializers import message_to_dict
 from .tokens import estimate_usage
 
@@ -41,8 +40,6 @@ INTERRUPTED_REASON = "The server generating this reply stopped before it finishe
 STORAGE_FAILED_REASON = (
     "The reply could not be stored as it was received; what could be stored is shown. Send the message again to retry."
 )
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # This process's running generations, by message id (also keeps their tasks referenced).
 _generations: dict[str, Generation] = {}
@@ -378,8 +375,8 @@ class Generation:
 
 
 def _storable(text: str | None) -> str | None:
-    """``text`` with NUL characters and lone surrogates (which no database column takes) replaced by U+FFFD."""
-    return _UNSTORABLE.sub("\ufffd", text) if text else text
+    """``text`` as any database column takes it (see ``providers.base.storable``); None stays None."""
+    return storable(text) if text else text
 
 
 async def _publish_final(message) -> None:
@@ -419,6 +416,10 @@ async def generation_start(*, conversation, user_message, assistant_message, his
             generation._message_json,
             StateChange("start", generation.message_id, message=generation._message_json),
         )
+    except Exception as exc:
+        # Both messages are stored and the reply goes on: the post succeeded.
+        # Viewers whose feed missed these events resync from the REST endpoint.
+        logger.warning("conversation %s: announcing a new reply failed (%s)", conversation.id, exc)
     finally:
         generation.announced.set()
     return generation
@@ -511,11 +512,35 @@ async def apublish_conversation_updated(*, conversation: dict) -> None:
     await publish(conversation["id"], CONVERSATION_UPDATED, dumps(conversation))
 
 
+def _publish_after_commit(what: str, publish_call, *args, **kwargs) -> None:
+    """Run the coroutine function ``publish_call`` from sync code after its write committed.
+
+    A failure is logged, never raised: the write stands, and streams that
+    missed the event catch up through their periodic re-check or ``resync``.
+    """
+    try:
+        async_to_sync(publish_call)(*args, **kwargs)
+    except Exception as exc:
+        logger.warning("%s not published (%s); open streams catch up on their next check", what, exc)
+
+
 def publish_conversation_updated(*, conversation: dict) -> None:
-    """Emit ``conversation.updated`` (also ends removed members' streams). For sync views."""
-    async_to_sync(apublish_conversation_updated)(conversation=conversation)
+    """Emit ``conversation.updated`` (also ends removed members' streams). For sync views; never raises."""
+    _publish_after_commit("conversation.updated", apublish_conversation_updated, conversation=conversation)
 
 
 def publish_conversation_deleted(*, conversation_id) -> None:
-    """Tell every open stream of a deleted conversation to end. For sync views."""
-    async_to_sync(publish)(str(conversation_id), CONVERSATION_DELETED, dumps({"id": str(conversation_id)}))
+    """Tell every open stream of a deleted conversation to end. For sync views; never raises."""
+    conversation_id = str(conversation_id)
+    data = dumps({"id": conversation_id})
+    _publish_after_commit("conversation.deleted", publish, conversation_id, CONVERSATION_DELETED, data)
+
+
+def publish_access_change(*, user_id, ended_session: str | None = None) -> None:
+    """Tell ``user_id``'s open streams on every process to re-validate (or that one session ended).
+
+    For sync code (auth signals, the admin); never raises.
+    """
+    _publish_after_commit(
+        f"access change of user {user_id}", announce_access_change, user_id, ended_session=ended_session
+    )

@@ -41,6 +41,18 @@ def wait_for_port(port: int, timeout: float = 20.0, proc=None) -> None:
     raise TimeoutError(f"nothing listening on {port}")
 
 
+def eventually(condition, *, timeout: float = 30.0, interval: float = 0.02):
+    """Poll ``condition()`` until it is truthy and return its value; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{getattr(condition, '__name__', 'condition')} still false after {timeout} s")
+        time.sleep(interval)
+
+
 # --- in-process requests inside a test's transaction -------------------------
 
 

@@ -141,10 +141,10 @@ def test_simultaneous_sign_ins_get_no_more_password_checks_than_the_limit(server
     for thread in threads:
         thread.join(60)
     assert len(statuses) == 8 and set(statuses) <= {302, 429}
-    # The attempt counted first gets the last check (and, succeeding, clears gus's count);
-    # the ones counted before that success are refused.
-    assert statuses.count(302) >= 1
-    assert statuses.count(429) >= 1
+    # Every attempt is counted before its password is checked, so at most the one
+    # attempt left reaches the check (which one, or none, depends on timing).
+    assert statuses.count(302) <= 1
+    assert statuses.count(429) >= 7
 
 
 def test_the_lock_ends_when_retry_after_says(stack_factory):

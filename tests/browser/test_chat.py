@@ -12,6 +12,7 @@ from tests.browser.conftest import (
     FAST_ECHO,
     MODELS,
     REASONING,
+    PageRecorder,
     last_assistant,
     log_in,
     new_chat,
@@ -574,3 +575,37 @@ def test_auto_scroll_follows_unless_scrolled_up(open_page, live):
     page.get_by_role("button", name="Jump to the latest").click()
     wait_final(page)
     assert transcript.evaluate(at_bottom)
+
+
+def test_signing_out_in_another_tab_shows_the_notice_at_once_without_connection_lost(open_page, live):
+    # A person of their own: signing out must not touch the other tests' sessions.
+    live.stack.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User\n"
+        "User.objects.create_user('dora', password='correct-horse-battery')",
+    )
+    olivia = open_page("olivia")
+    conversation_id = new_chat(olivia)
+    response = live.api("olivia").post(f"/api/conversations/{conversation_id}/members/", json={"username": "dora"})
+    assert response.status_code == 201
+    dora = open_page("dora", path=f"/c/{conversation_id}/")
+    expect(dora.locator("#connection-status")).to_be_hidden()
+    dora.evaluate(
+        """() => {
+            window.__status = [];
+            const status = document.getElementById("connection-status");
+            new MutationObserver(() => window.__status.push(status.textContent))
+                .observe(status, {childList: true, characterData: true, subtree: true, attributes: true});
+        }"""
+    )
+    other_tab = dora.context.new_page()
+    other_tab.recorder = PageRecorder(other_tab)
+    other_tab.goto("/")
+    other_tab.get_by_role("button", name="Log out").click()
+    other_tab.wait_for_url(lambda url: "/accounts/login/" in url)
+    expect(dora.locator("#connection-status")).to_contain_text("You were signed out", timeout=5_000)
+    expect(dora.get_by_role("textbox", name="Message")).to_be_disabled()
+    history = dora.evaluate("() => window.__status")
+    assert not any("Connection lost" in text for text in history), history
+    screenshot(dora, "signed-out")

@@ -3,6 +3,8 @@
 Daphne sends no lifespan events, so this command starts the reaper as soon as
 the reactor runs, and on SIGTERM/SIGINT ends this process's generations as
 ``interrupted`` (content kept, viewers told) before the reactor stops.
+Every HTTP scope carries the ``chat.transport`` extension (chat/transport.py),
+so event streams can tell how far behind their client is.
 """
 
 import asyncio
@@ -27,7 +29,7 @@ class Command(BaseCommand):
         from daphne.server import Server
         from twisted.internet import defer, reactor
 
-        from chat import streaming
+        from chat import streaming, transport
 
         class ChatServer(Server):
             def run(self):
@@ -38,6 +40,11 @@ class Command(BaseCommand):
                     lambda: defer.Deferred.fromFuture(asyncio.ensure_future(streaming.shutdown())),
                 )
                 super().run()
+
+            def create_application(self, protocol, scope):
+                if scope["type"] == "http":
+                    transport.add_to_scope(scope, protocol)
+                return super().create_application(protocol, scope)
 
         class ChatCLI(CommandLineInterface):
             server_class = ChatServer

@@ -17,6 +17,7 @@ const CONNECTION_TEXT = {
   reconnecting: "Connection lost — reconnecting…",
   offline: "You are offline — reconnecting when the network is back…",
   gone: "This conversation was deleted or is no longer shared with you.",
+  "signed-out": "You were signed out. Sign in again to go on.",
 };
 
 class App {
@@ -238,11 +239,11 @@ class App {
     status.textContent = text;
     status.hidden = !text;
     status.dataset.state = state;
-    if (state === "gone") {
+    if (state === "gone" || state === "signed-out") {
       $("composer-input").disabled = true;
       $("send-button").disabled = true;
       this.setStreaming(null);
-      if (this.conversation) this.sidebar.remove(this.conversation.id);
+      if (state === "gone" && this.conversation) this.sidebar.remove(this.conversation.id);
     }
   }
 

@@ -25,7 +25,8 @@ export class ConversationStream {
   /**
    * @param {string} conversationId
    * @param {{onEvent: (type: string, data: object) => void, onState: (state: string) => void}} handlers
-   *   states: "connecting", "open", "reconnecting", "offline", "gone" (deleted or access removed), "closed"
+   *   states: "connecting", "open", "reconnecting", "offline", "gone" (deleted or access removed),
+   *   "signed-out" (the session ended: signed out, deactivated, password changed), "closed"
    */
   constructor(conversationId, { onEvent, onState }) {
     this.id = conversationId;
@@ -87,6 +88,20 @@ export class ConversationStream {
       this.onState("reconnecting");
       this.checkThenRetry();
     };
+    // The server ends this stream for good: the viewer lost access. Never reconnect.
+    source.addEventListener("access.revoked", (event) => {
+      if (source !== this.source) return;
+      let reason = "";
+      try {
+        reason = JSON.parse(event.data).reason;
+      } catch {
+        // an unreadable reason still ends the stream
+      }
+      this.closed = true;
+      clearTimeout(this.retryTimer);
+      this.dropSource();
+      this.onState(reason === "signed_out" ? "signed-out" : "gone");
+    });
     for (const type of EVENT_TYPES) {
       source.addEventListener(type, (event) => {
         if (source !== this.source) return;
