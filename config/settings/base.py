@@ -209,7 +209,7 @@ CHAT_EVENT_RETENTION_SECONDS = env.int("CHAT_EVENT_RETENTION_SECONDS", default=9
 CHAT_HEARTBEAT_SECONDS = env.float("CHAT_HEARTBEAT_SECONDS", default=15.0)
 # An event stream whose client leaves more than this many bytes unread in
 # this process is cut off (it resumes with Last-Event-ID); 0 = no budget.
-CHAT_VIEWER_MAX_PENDING_BYTES = env.int("CHAT_VIEWER_MAX_PENDING_BYTES", default=4 * 1024 * 1024)
+CHAT_VIEWER_MAX_PENDING_BYTES = env.int("CHAT_VIEWER_MAX_PENDING_BYTES", default=4_194_304)  # 4 MiB
 # A generation's lease; a streaming message whose lease lapsed is interrupted.
 CHAT_LEASE_SECONDS = env.float("CHAT_LEASE_SECONDS", default=20.0)
 # How often each process looks for interrupted generations.
