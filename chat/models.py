@@ -29,6 +29,18 @@ class Conversation(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     # Bumped by the services whenever the conversation or its messages change.
     updated_at = models.DateTimeField(default=timezone.now)
+    # Set when its owner deletes it: hidden from everyone, kept for
+    # CHAT_DELETED_RETENTION_DAYS (admins may restore it), then purged.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # A legal hold: never purged while set, whatever the retention settings.
+    legal_hold_reason = models.TextField(blank=True)
+    legal_hold_set_at = models.DateTimeField(null=True, blank=True)
+    legal_hold_set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         ordering = ["-updated_at"]
@@ -36,10 +48,15 @@ class Conversation(models.Model):
             models.Index(fields=["owner", "-updated_at"], name="conversation_owner_recent"),
             models.Index(fields=["-updated_at"], name="conversation_recent"),
             models.Index(fields=["model"], name="conversation_model"),
+            models.Index(fields=["deleted_at"], name="conversation_deleted"),
         ]
 
     def __str__(self):
         return self.title or f"Conversation {self.id}"
+
+    @property
+    def on_legal_hold(self) -> bool:
+        return self.legal_hold_set_at is not None
 
 
 class Message(models.Model):
@@ -165,6 +182,16 @@ class UsageLimit(models.Model):
     max_open_streams = models.PositiveIntegerField(
         null=True, blank=True, help_text="Open event streams at once (empty: CHAT_MAX_STREAMS_PER_USER; 0: unlimited)."
     )
+    monthly_token_budget = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens per calendar month (UTC); empty: no token budget."
+    )
+    monthly_cost_budget = models.DecimalField(
+        max_digits=14,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Cost per calendar month (UTC), in CHAT_CURRENCY; empty: no cost budget.",
+    )
 
     def __str__(self):
         return f"Limits for {self.user}"
@@ -186,3 +213,117 @@ class IdempotencyKey(models.Model):
 
     def __str__(self):
         return f"{self.user_id}: {self.key}"
+
+
+class UsageEntry(models.Model):
+    """The usage ledger: one row per reply that reached a final state, written with that state.
+
+    Ids and names, not foreign keys that cascade: a row outlives its
+    message, its conversation and its requester's account. Cost is fixed
+    when written, from the price in force then.
+    """
+
+    message_id = models.UUIDField(unique=True)
+    conversation_id = models.UUIDField()
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # The requester's username when written: kept when the account is gone.
+    requested_by_name = models.CharField(max_length=150)
+    model = models.CharField(max_length=MODEL_MAX_LENGTH)
+    status = models.CharField(max_length=16)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    estimated = models.BooleanField(default=False)
+    # None when the model had no price at the time.
+    cost = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "usage ledger entry"
+        verbose_name_plural = "usage ledger"
+        indexes = [
+            models.Index(fields=["requested_by", "created_at"], name="usage_requester_created"),
+            models.Index(fields=["created_at", "model"], name="usage_created_model"),
+        ]
+
+    def __str__(self):
+        return f"{self.requested_by_name} {self.model} {self.total_tokens}"
+
+
+class ModelPrice(models.Model):
+    """What a model costs per million tokens from ``valid_from`` on (until a later price of that model)."""
+
+    model = models.CharField(max_length=MODEL_MAX_LENGTH)
+    input_per_million = models.DecimalField(max_digits=14, decimal_places=6)
+    output_per_million = models.DecimalField(max_digits=14, decimal_places=6)
+    currency = models.CharField(max_length=3, default="USD")
+    valid_from = models.DateField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model", "valid_from"], name="price_one_per_model_and_day"),
+            models.CheckConstraint(
+                condition=Q(input_per_million__gte=0, output_per_million__gte=0), name="price_not_negative"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.model} from {self.valid_from}"
+
+
+class AuditEntry(models.Model):
+    """The audit trail, append-only: who did what to which object, when, from where."""
+
+    class Action(models.TextChoices):
+        TRANSCRIPT_VIEWED = "transcript_viewed"
+        TRANSCRIPT_EXPORTED = "transcript_exported"
+        USAGE_VIEWED = "usage_viewed"
+        LIMITS_CHANGED = "limits_changed"
+        LEGAL_HOLD_SET = "legal_hold_set"
+        LEGAL_HOLD_RELEASED = "legal_hold_released"
+        CONVERSATION_RESTORED = "conversation_restored"
+        PURGED = "purged"
+        TOKEN_CREATED = "token_created"
+        TOKEN_REVOKED = "token_revoked"
+
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # The actor's username when written ("system" for the purge job).
+    actor_name = models.CharField(max_length=150)
+    action = models.CharField(max_length=32, choices=Action.choices)
+    target_type = models.CharField(max_length=50, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit trail"
+        indexes = [
+            models.Index(fields=["at"], name="audit_at"),
+            models.Index(fields=["actor_name", "at"], name="audit_actor_at"),
+            models.Index(fields=["action", "at"], name="audit_action_at"),
+        ]
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_name} {self.action}"
+
+
+class UserLegalHold(models.Model):
+    """A legal hold on a person: their deletions only hide, and nothing of theirs is purged."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="legal_hold")
+    reason = models.TextField()
+    set_at = models.DateTimeField(default=timezone.now)
+    set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    def __str__(self):
+        return f"Legal hold on {self.user}"
