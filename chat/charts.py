@@ -23,7 +23,8 @@ TOP_USERS = 10
 UNKNOWN_USER = "(unknown user)"
 
 # The drawing is laid out in these viewBox units; the CSS scales it to the page.
-DAILY_WIDTH, DAILY_HEIGHT = 720, 300
+DAILY_WIDTH, DAILY_HEIGHT = 600, 280
+USERS_WIDTH, USERS_LABEL_WIDTH, USERS_NAME_CHARS = 420, 130, 18
 ROW_HEIGHT = 26
 FONT_WIDTH = 7.2  # average advance of a 12-unit sans-serif character, to size the margins
 
@@ -61,7 +62,7 @@ def daily_chart(
     if not grand:
         desc = _nothing(measure, unpriced)
         legend = _legend(models, series, totals, unpriced, measure)
-        return _figure(id, title, desc, _empty_svg(id, title, desc, DAILY_WIDTH, 120), legend)
+        return _figure(id, title, desc, _empty_svg(id, "chart-daily", title, desc, DAILY_WIDTH), legend)
 
     day_totals = {day: sum(stacks[day].values(), Decimal(0)) for day in days}
     busiest = max(days, key=lambda day: (day_totals[day], -day.toordinal()))
@@ -72,7 +73,7 @@ def daily_chart(
         + (f" No price for some usage of {', '.join(sorted(unpriced))}." if unpriced else "")
     )
     ticks = _ticks(max(day_totals.values()))
-    labels = [_fmt(t, measure) for t in ticks]
+    labels = _tick_labels(ticks, measure)
     left = 16 + max(len(label) for label in labels) * FONT_WIDTH + 8
     top, bottom, right = 12, 52, 12
     plot_w, plot_h = DAILY_WIDTH - left - right, DAILY_HEIGHT - top - bottom
@@ -116,7 +117,7 @@ def daily_chart(
         f'<text class="chart-axis-title" transform="rotate(-90)" x="{-(top + plot_h / 2):.2f}" y="14" '
         f'text-anchor="middle">{escape(_capital(unit))}</text>'
     )
-    svg = _svg(id, title, desc, DAILY_WIDTH, DAILY_HEIGHT, "".join(parts))
+    svg = _svg(id, "chart-daily", title, desc, DAILY_WIDTH, DAILY_HEIGHT, "".join(parts))
     return _figure(id, title, desc, svg, _legend(models, series, totals, unpriced, measure))
 
 
@@ -143,16 +144,16 @@ def top_users_chart(
     title = f"Top users by {unit}"
     if not any(totals[u] for u in shown):
         desc = _nothing(measure, unpriced)
-        return _figure(id, title, desc, _empty_svg(id, title, desc, DAILY_WIDTH, 120), "")
+        return _figure(id, title, desc, _empty_svg(id, "chart-users", title, desc, USERS_WIDTH), "")
 
     desc = "; ".join(f"{u}: {_value_label(u, totals, unpriced, measure)}" for u in shown) + "."
     if hidden:
         desc += f" {len(hidden)} more {'user' if len(hidden) == 1 else 'users'} not shown."
     ticks = _ticks(totals[shown[0]])
-    labels = [_fmt(t, measure) for t in ticks]
-    left, right, top = 170, 24 + max(len(label) for label in labels) * FONT_WIDTH / 2, 8
+    labels = _tick_labels(ticks, measure)
+    left, right, top = USERS_LABEL_WIDTH, 24 + max(len(label) for label in labels) * FONT_WIDTH / 2, 8
     value_room = 12 + max(len(_value_label(u, totals, unpriced, measure)) for u in shown) * FONT_WIDTH
-    plot_w = DAILY_WIDTH - left - right - value_room
+    plot_w = USERS_WIDTH - left - right - value_room
     base = top + ROW_HEIGHT * len(shown)
     height = base + 48
 
@@ -160,15 +161,18 @@ def top_users_chart(
         return left + float(value) / float(ticks[-1]) * plot_w
 
     grid = []
-    for tick, label in zip(ticks, labels, strict=True):
-        grid.append(
-            f'<line class="chart-grid" x1="{x(tick):.2f}" y1="{top}" x2="{x(tick):.2f}" y2="{base}"/>'
-            f'<text class="chart-label" x="{x(tick):.2f}" y="{base + 16}" text-anchor="middle">{label}</text>'
-        )
+    # Every other tick is labelled when the labels would touch.
+    every = 2 if max(map(len, labels)) * FONT_WIDTH + 10 > x(ticks[1]) - x(ticks[0]) else 1
+    for n, (tick, label) in enumerate(zip(ticks, labels, strict=True)):
+        grid.append(f'<line class="chart-grid" x1="{x(tick):.2f}" y1="{top}" x2="{x(tick):.2f}" y2="{base}"/>')
+        if n % every == 0:
+            grid.append(
+                f'<text class="chart-label" x="{x(tick):.2f}" y="{base + 16}" text-anchor="middle">{label}</text>'
+            )
     bars = []
     for n, user in enumerate(shown):
         y = top + n * ROW_HEIGHT
-        name = user if len(user) <= 22 else user[:21] + "…"
+        name = user if len(user) <= USERS_NAME_CHARS else user[: USERS_NAME_CHARS - 1] + "…"
         value_label = _value_label(user, totals, unpriced, measure)
         amount = value_label if value_label == "no price" else _amount(totals[user], measure, currency)
         bars.append(
@@ -186,7 +190,7 @@ def top_users_chart(
         + f'<text class="chart-axis-title" x="{left + plot_w / 2:.2f}" y="{height - 8}" text-anchor="middle">'
         f"{escape(_capital(unit))}</text>"
     )
-    svg = _svg(id, title, desc, DAILY_WIDTH, height, body)
+    svg = _svg(id, "chart-users", title, desc, USERS_WIDTH, height, body)
     note = (
         f'<p class="chart-note">{len(hidden)} more {"user" if len(hidden) == 1 else "users"} not shown.</p>'
         if hidden
@@ -236,7 +240,7 @@ def _value_label(user: str, totals, unpriced: set[str], measure: str) -> str:
 
 def _nothing(measure: str, unpriced: set[str]) -> str:
     if measure == "cost" and unpriced:
-        return "No priced usage in this range: the models used had no price."
+        return "No priced usage in this range."
     return "No usage in this range."
 
 
@@ -252,6 +256,14 @@ def _ticks(top: Decimal, count: int = 5) -> list[Decimal]:
     return ticks
 
 
+def _tick_labels(ticks: list[Decimal], measure: str) -> list[str]:
+    """Axis labels that all show as many decimals as the step needs (at least 2 for money)."""
+    if measure == "tokens":
+        return [f"{int(t):,}" for t in ticks]
+    places = max(2, -ticks[1].normalize().as_tuple().exponent)
+    return [f"{t:,.{places}f}" for t in ticks]
+
+
 def _y_grid(ticks, labels, y, left: float, right: float) -> str:
     return "".join(
         f'<line class="chart-grid" x1="{left}" y1="{y(tick):.2f}" x2="{right}" y2="{y(tick):.2f}"/>'
@@ -260,26 +272,20 @@ def _y_grid(ticks, labels, y, left: float, right: float) -> str:
     )
 
 
-def _svg(id: str, title: str, desc: str, width: float, height: float, body: str) -> str:
+def _svg(id: str, kind: str, title: str, desc: str, width: float, height: float, body: str) -> str:
     # role="img" with a label makes one image of the drawing for assistive technology; the <desc>
     # holds the numbers a sighted reader gets from the bars.
     return (
-        f'<svg class="usage-chart-svg" xmlns="http://www.w3.org/2000/svg" role="img" '
+        f'<svg class="usage-chart-svg {kind}" xmlns="http://www.w3.org/2000/svg" role="img" '
         f'aria-label="{escape(title)}" aria-describedby="{escape(id)}-desc" viewBox="0 0 {width} {height:.0f}" '
         f'width="{width}" height="{height:.0f}">'
         f'<title>{escape(title)}</title><desc id="{escape(id)}-desc">{escape(desc)}</desc>{body}</svg>'
     )
 
 
-def _empty_svg(id: str, title: str, desc: str, width: float, height: float) -> str:
-    return _svg(
-        id,
-        title,
-        desc,
-        width,
-        height,
-        f'<text class="chart-empty" x="{width / 2}" y="{height / 2}" text-anchor="middle">{escape(desc)}</text>',
-    )
+def _empty_svg(id: str, kind: str, title: str, desc: str, width: float, height: float = 100) -> str:
+    text = f'<text class="chart-empty" x="{width / 2}" y="{height / 2}" text-anchor="middle">{escape(desc)}</text>'
+    return _svg(id, kind, title, desc, width, height, text)
 
 
 def _legend(models: list[str], series: dict[str, int], totals, unpriced: set[str], measure: str) -> str:

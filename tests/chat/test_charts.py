@@ -135,7 +135,7 @@ def test_cost_mode_counts_none_as_unpriced():
 
     nothing_priced = parse(daily_chart([row(D1, "local", 5000, None)], start=D1, end=D1, measure="cost"))
     assert bars(nothing_priced) == []
-    assert texts(nothing_priced) == ["No priced usage in this range: the models used had no price."]
+    assert texts(nothing_priced) == ["No priced usage in this range."]
     assert legend(nothing_priced) == ["local 0.00 (no price)"]
 
 
