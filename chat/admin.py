@@ -5,9 +5,13 @@ written only by ``chat.services``. Admins see every conversation; the
 product's visibility rule does not apply to them.
 """
 
+import json
+from decimal import Decimal
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Exists, IntegerField, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.urls import path, reverse
@@ -15,7 +19,8 @@ from django.utils.html import format_html
 from django.utils.text import Truncator, smart_split, unescape_string_literal
 
 from . import admin_reports, selectors
-from .models import Conversation, Message, UsageLimit
+from .audit import audit_record
+from .models import AuditEntry, Conversation, Message, UsageLimit
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -37,8 +42,57 @@ def _per_conversation(queryset, aggregate):
     return Coalesce(Subquery(rows.annotate(value=aggregate).values("value"), output_field=IntegerField()), 0)
 
 
+def _audit_shown(request, response) -> None:
+    """Write one ``transcript_viewed`` row if ``response`` shows transcript content to a person.
+
+    Only a GET answered 200 counts (a redirect, a refusal or a POST shows
+    nothing). A change page names its object (a message, its conversation
+    too); a list page writes one row for the page: the ids it shows and its
+    query (filters, search, page number). A list with no rows writes none.
+    """
+    context = getattr(response, "context_data", None) or {}
+    if request.method != "GET" or response.status_code != 200:
+        return
+    if (obj := context.get("original")) is not None:
+        detail = {"conversation": str(obj.conversation_id)} if isinstance(obj, Message) else None
+        target = {"target_type": obj._meta.model_name, "target_id": obj.pk, "detail": detail}
+    elif (cl := context.get("cl")) is not None and (ids := [str(row.pk) for row in cl.result_list]):
+        detail = {"ids": ids, "count": len(ids), "params": dict(request.GET.items())}
+        target = {"target_type": cl.model._meta.model_name, "detail": detail}
+    else:
+        return
+    audit_record(actor=request.user, action=AuditEntry.Action.TRANSCRIPT_VIEWED, request=request, **target)
+
+
+def _audit_export(request, queryset, export_format: str) -> None:
+    """One ``transcript_exported`` row naming every conversation of the download, and its format."""
+    ids = [str(pk) for pk in queryset.values_list("pk", flat=True)]
+    detail = {"format": export_format, "ids": ids, "count": len(ids)}
+    audit_record(
+        actor=request.user,
+        action=AuditEntry.Action.TRANSCRIPT_EXPORTED,
+        target_type="conversation",
+        request=request,
+        detail=detail,
+    )
+
+
+class TranscriptAdmin(ReadOnlyAdmin):
+    """Read-only, and every page that shows transcript content to a person writes one audit row."""
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        response = super().change_view(request, object_id, form_url, extra_context)
+        _audit_shown(request, response)
+        return response
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        _audit_shown(request, response)
+        return response
+
+
 @admin.register(Conversation)
-class ConversationAdmin(ReadOnlyAdmin):
+class ConversationAdmin(TranscriptAdmin):
     list_display = ["display_title", "owner", "member_count", "model", "message_count", "total_tokens", "updated_at"]
     list_filter = [("owner", admin.RelatedOnlyFieldListFilter), "model", "created_at"]
     date_hierarchy = "updated_at"
@@ -114,17 +168,21 @@ class ConversationAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Export selected conversations as JSON", permissions=["view"])
     def export_json(self, request, queryset):
-        """Download the contract's Conversation objects with their messages."""
-        return admin_reports.conversations_export_json(queryset)
+        """Download the contract's Conversation objects with their messages; one ``transcript_exported`` row."""
+        response = admin_reports.conversations_export_json(queryset)
+        _audit_export(request, queryset, "json")
+        return response
 
     @admin.action(description="Export selected conversations' messages as CSV", permissions=["view"])
     def export_csv(self, request, queryset):
-        """Download one row per message of the selected conversations."""
-        return admin_reports.conversations_export_csv(queryset)
+        """Download one row per message of the selected conversations; one ``transcript_exported`` row."""
+        response = admin_reports.conversations_export_csv(queryset)
+        _audit_export(request, queryset, "csv")
+        return response
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyAdmin):
+class MessageAdmin(TranscriptAdmin):
     list_display = [
         "preview",
         "conversation_link",
@@ -206,9 +264,79 @@ class UsageLimitInline(admin.StackedInline):
     verbose_name_plural = "Usage limits (empty: the team default; 0: unlimited)"
 
 
+LIMIT_FIELDS = [field.name for field in UsageLimit._meta.concrete_fields if field.name not in ("id", "user")]
+
+
+def _limit_values(values) -> dict:
+    # JSON has no Decimal: a cost budget is kept as its text, exactly.
+    return {name: str(v) if isinstance(v := values.get(name), Decimal) else v for name in LIMIT_FIELDS}
+
+
+def _limit_changes(formset) -> list[dict]:
+    """Before and after of each changed UsageLimit form (None: no override, the team defaults).
+
+    ``before`` comes from the forms' initial values, which the formset read
+    from the database for this POST; call it before the save.
+    """
+    changes = []
+    for form in formset.forms:
+        if not form.has_changed() or (form.instance.pk is None and form in formset.deleted_forms):
+            continue
+        before = _limit_values(form.initial) if form.instance.pk else None
+        after = None if form in formset.deleted_forms else _limit_values(form.cleaned_data)
+        changes.append({"before": before, "after": after})
+    return changes
+
+
 class UserAdminWithLimits(UserAdmin):
     inlines = [*UserAdmin.inlines, UsageLimitInline]
+
+    def save_formset(self, request, form, formset, change):
+        """Save, and write one ``limits_changed`` row (before/after) per changed limits form, in one transaction."""
+        changes = _limit_changes(formset) if formset.model is UsageLimit else []
+        super().save_formset(request, form, formset, change)
+        for values in changes:
+            audit_record(
+                actor=request.user,
+                action=AuditEntry.Action.LIMITS_CHANGED,
+                target_type="user",
+                target_id=form.instance.pk,
+                request=request,
+                detail={"user": form.instance.get_username(), **values},
+            )
 
 
 admin.site.unregister(User)
 admin.site.register(User, UserAdminWithLimits)
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    """The audit trail, read-only for everyone, superusers included: no add, change, delete or actions.
+
+    Reading it writes no row of its own.
+    """
+
+    list_display = ["at", "actor_name", "action", "target", "ip", "request_id"]
+    list_filter = ["action", "actor_name", "at"]
+    date_hierarchy = "at"
+    search_fields = ["actor_name", "target_id", "detail"]
+    search_help_text = "Actor, target id, or any text of the detail (ids, reasons, filters)."
+    ordering = ["-at", "-id"]
+    actions = None
+    fields = ["at", "actor_name", "actor", "action", "target_type", "target_id", "ip", "request_id", "detail_json"]
+    readonly_fields = fields
+
+    def changelist_view(self, request, extra_context=None):
+        # The list has no actions and nothing editable: a POST could only be a (bulk) delete.
+        if request.method == "POST":
+            raise PermissionDenied
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="Target")
+    def target(self, obj):
+        return f"{obj.target_type} {obj.target_id}".strip() or "-"
+
+    @admin.display(description="Detail")
+    def detail_json(self, obj):
+        return format_html("<pre>{}</pre>", json.dumps(obj.detail, ensure_ascii=False, indent=2, sort_keys=True))

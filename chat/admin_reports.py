@@ -17,7 +17,8 @@ from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from .models import Conversation, Message
+from .audit import audit_record
+from .models import AuditEntry, Conversation, Message
 from .serializers import conversation_to_dict, message_to_dict
 
 CSV_MESSAGE_COLUMNS = [
@@ -181,10 +182,14 @@ def _usage_csv(rows, *, start, end, period) -> HttpResponse:
     return response
 
 
+def _usage_format(request) -> str:
+    return "csv" if request.GET.get("format") == "csv" else "html"
+
+
 def usage_view(request, model_admin):
     """The per-user usage page for ``model_admin``'s site; ``?format=csv`` downloads the same rows.
 
-    Bad dates render the page with the form's errors (status 400).
+    Bad dates render the page with the form's errors (status 400); valid ones write one ``usage_viewed`` audit row.
     """
     if not model_admin.has_view_permission(request):
         raise PermissionDenied
@@ -200,8 +205,15 @@ def usage_view(request, model_admin):
         return TemplateResponse(request, "admin/chat/usage.html", context, status=400)
     start, end = form.cleaned_data["start"], form.cleaned_data["end"]
     period = form.cleaned_data.get("period") or ""
+    audit_record(
+        actor=request.user,
+        action=AuditEntry.Action.USAGE_VIEWED,
+        target_type="usage",
+        request=request,
+        detail={"start": str(start), "end": str(end), "period": period, "format": _usage_format(request)},
+    )
     rows = usage_by_user(start=start, end=end, period=period)
-    if request.GET.get("format") == "csv":
+    if _usage_format(request) == "csv":
         return _usage_csv(rows, start=start, end=end, period=period)
     context.update(
         # A fresh form shows the defaults it applied in place of empty inputs.

@@ -355,14 +355,15 @@ def test_usage_summary_rejects_bad_dates_on_the_page(superuser_client, team, par
 
 
 # --- constant query counts -----------------------------------------------------------
-# 2 (session, user) + the view's own queries; the same for 2 rows and 20.
+# 2 (session, user) + the view's own queries; the same for 2 rows and 20. A page that shows transcript
+# content writes one audit row (chat.audit): 1 more.
 
 
 @pytest.mark.parametrize("count", [2, 20])
 def test_conversation_changelist_queries_are_constant(superuser_client, make_user, django_assert_num_queries, count):
     many_conversations(make_user, count)
-    # session, user, owner filter, filtered count, full count, rows, date hierarchy (2), model filter
-    with django_assert_num_queries(9):
+    # session, user, owner filter, filtered count, full count, rows, date hierarchy (2), model filter, audit row
+    with django_assert_num_queries(10):
         response = superuser_client.get(CONVERSATIONS)
     assert len(response.context["cl"].result_list) == count
 
@@ -370,7 +371,7 @@ def test_conversation_changelist_queries_are_constant(superuser_client, make_use
 @pytest.mark.parametrize("count", [2, 20])
 def test_conversation_search_queries_are_constant(superuser_client, make_user, django_assert_num_queries, count):
     many_conversations(make_user, count)
-    with django_assert_num_queries(9):
+    with django_assert_num_queries(10):
         response = superuser_client.get(CONVERSATIONS, {"q": "answer"})
     assert len(response.context["cl"].result_list) == count
 
@@ -378,8 +379,8 @@ def test_conversation_search_queries_are_constant(superuser_client, make_user, d
 @pytest.mark.parametrize("count", [2, 20])
 def test_message_changelist_queries_are_constant(superuser_client, make_user, django_assert_num_queries, count):
     many_conversations(make_user, count)
-    # session, user, count, rows (conversation and author joined), model filter, date hierarchy (2)
-    with django_assert_num_queries(7):
+    # session, user, count, rows (conversation and author joined), model filter, date hierarchy (2), audit row
+    with django_assert_num_queries(8):
         response = superuser_client.get(MESSAGES)
     assert len(response.context["cl"].result_list) == count * 4
 
@@ -390,8 +391,8 @@ def test_transcript_queries_are_constant(superuser_client, owner, member, django
     for i in range(count // 2):
         exchange(conv, member if i % 2 else owner, f"q{i}", f"a{i}", at=T0 + timedelta(minutes=i))
     ContentType.objects.get_for_model(Conversation)  # cached for the life of a real process
-    # session, user, conversation with its counts, members, messages with authors
-    with django_assert_num_queries(5):
+    # session, user, conversation with its counts, members, messages with authors, audit row
+    with django_assert_num_queries(6):
         response = superuser_client.get(f"{CONVERSATIONS}{conv.pk}/change/")
     assert len(response.context["transcript"]) == count
 
@@ -401,8 +402,8 @@ def test_transcript_queries_are_constant(superuser_client, owner, member, django
 def test_export_queries_are_constant(superuser_client, make_user, django_assert_num_queries, action, count):
     pks = many_conversations(make_user, count)
     # session, user, the changelist's owner filter and counts (4, as for any action), conversations, members,
-    # messages with authors
-    with django_assert_num_queries(9):
+    # messages with authors, the exported ids and the audit row
+    with django_assert_num_queries(11):
         response = run_action(superuser_client, action, pks)
     assert response.status_code == 200
 
@@ -412,8 +413,8 @@ def test_usage_queries_are_constant(superuser_client, make_user, django_assert_n
     for i in range(count):
         user = make_user(f"asker{i}")
         exchange(conversation(user, f"c{i}"), user, "q", "a", at=T0)
-    # session, user, the aggregate
-    with django_assert_num_queries(3):
+    # session, user, the audit row, the aggregate
+    with django_assert_num_queries(4):
         response = superuser_client.get(USAGE, {"start": "2025-03-10", "end": "2025-03-10"})
     assert len(response.context["rows"]) == count
 
