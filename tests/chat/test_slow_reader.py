@@ -7,6 +7,7 @@ cut-off client reconnecting with ``Last-Event-ID`` gets exactly the rest.
 """
 
 import socket
+import time
 
 import pytest
 
@@ -53,7 +54,9 @@ def open_non_reader(port: int, client, path: str) -> tuple[socket.socket, bytes]
 
 def read_until_cut(sock: socket.socket, received: bytes) -> tuple[bytes, str]:
     """Everything the server sent before it ended the connection, and how it ended ("reset" or "eof")."""
-    while True:
+    # A guard, not a measurement: a stream never cut off would otherwise be read forever (heartbeats).
+    give_up = time.monotonic() + 60
+    while time.monotonic() < give_up:
         try:
             chunk = sock.recv(65536)
         except ConnectionResetError:
@@ -63,6 +66,9 @@ def read_until_cut(sock: socket.socket, received: bytes) -> tuple[bytes, str]:
         if not chunk:
             return received, "eof"
         received += chunk
+        if b"event: message.completed" in received:
+            pytest.fail(f"the non-reading client was never cut off: it got the whole reply ({len(received)} bytes)")
+    pytest.fail(f"the non-reading client was never cut off ({len(received)} bytes read, still open)")
 
 
 def complete_events(response: bytes) -> list:
@@ -116,9 +122,7 @@ def test_non_reading_viewer_is_cut_off_and_resumes_exactly(server):
     assert before, f"the cut-off client received no delta ({ending}, {len(received)} bytes)"
 
     # It reconnects from the last event it has and gets exactly the rest.
-    resumed = start_viewer(
-        owner, path, headers={"Last-Event-ID": cut_events[-1].id}, until=final_for(assistant_id)
-    )
+    resumed = start_viewer(owner, path, headers={"Last-Event-ID": cut_events[-1].id}, until=final_for(assistant_id))
     after = deltas_of(resumed.wait(timeout=60), assistant_id)
     owner.close()
     seqs = [d["seq"] for d in before + after]
