@@ -20,7 +20,7 @@ from django.utils.text import Truncator, smart_split, unescape_string_literal
 
 from . import admin_reports, selectors
 from .audit import audit_record
-from .models import AuditEntry, Conversation, Message, UsageLimit
+from .models import AuditEntry, Conversation, Message, ModelPrice, UsageEntry, UsageLimit
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -123,6 +123,7 @@ class ConversationAdmin(TranscriptAdmin):
                 member_count=_per_conversation(members, Count("pk")),
                 message_count=_per_conversation(Message.objects, Count("pk")),
                 total_tokens=_per_conversation(Message.objects, Sum("total_tokens")),
+                estimated_tokens=_per_conversation(Message.objects.filter(usage_estimated=True), Sum("total_tokens")),
             )
         )
 
@@ -164,6 +165,8 @@ class ConversationAdmin(TranscriptAdmin):
 
     @admin.display(description="Total tokens", ordering="total_tokens")
     def total_tokens(self, obj):
+        if obj.estimated_tokens:
+            return f"{obj.total_tokens} (~{obj.estimated_tokens} estimated)"
         return obj.total_tokens
 
     @admin.action(description="Export selected conversations as JSON", permissions=["view"])
@@ -190,9 +193,9 @@ class MessageAdmin(TranscriptAdmin):
         "author",
         "status",
         "model",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
+        "prompt_usage",
+        "completion_usage",
+        "total_usage",
         "ttft",
         "duration",
         "created_at",
@@ -210,9 +213,9 @@ class MessageAdmin(TranscriptAdmin):
         "model",
         "content",
         "reasoning",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
+        "prompt_usage",
+        "completion_usage",
+        "total_usage",
         "finish_reason",
         "error_code",
         "error_message",
@@ -245,6 +248,22 @@ class MessageAdmin(TranscriptAdmin):
         url = reverse("admin:chat_conversation_change", args=[obj.conversation_id])
         return format_html('<a href="{}">{}</a>', url, obj.conversation)
 
+    def _tokens(self, obj, count):
+        # An estimate says so: the provider reported no usage for this reply (chat.tokens).
+        return f"~{count} (estimated)" if obj.usage_estimated and count is not None else count
+
+    @admin.display(description="Prompt tokens", ordering="prompt_tokens")
+    def prompt_usage(self, obj):
+        return self._tokens(obj, obj.prompt_tokens)
+
+    @admin.display(description="Completion tokens", ordering="completion_tokens")
+    def completion_usage(self, obj):
+        return self._tokens(obj, obj.completion_tokens)
+
+    @admin.display(description="Total tokens", ordering="total_tokens")
+    def total_usage(self, obj):
+        return self._tokens(obj, obj.total_tokens)
+
     @admin.display(description="TTFT (ms)", ordering="time_to_first_token_ms")
     def ttft(self, obj):
         return obj.time_to_first_token_ms
@@ -254,10 +273,64 @@ class MessageAdmin(TranscriptAdmin):
         return obj.duration_ms
 
 
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    """Prices per model and date; a reply's cost is fixed on its ledger row when written, so edits never rewrite it."""
+
+    list_display = ["model", "input_per_million", "output_per_million", "currency", "valid_from"]
+    list_filter = ["model", "currency"]
+    search_fields = ["model"]
+    ordering = ["model", "-valid_from"]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": ["model", "input_per_million", "output_per_million", "currency", "valid_from"],
+                "description": (
+                    "Prices per million tokens, in force from their date (UTC) until a later price of the same "
+                    "model. A reply's cost is fixed on its usage ledger row when the reply ends, from the price "
+                    "in force then: changing or deleting a price never changes the cost of replies already written. "
+                    "Cost budgets and the usage report's totals count the currency CHAT_CURRENCY."
+                ),
+            },
+        )
+    ]
+
+
+@admin.register(UsageEntry)
+class UsageEntryAdmin(ReadOnlyAdmin):
+    """The usage ledger, read-only: rows are written only when replies end (``services.usage_record``)."""
+
+    list_display = [
+        "created_at",
+        "requested_by_name",
+        "model",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "estimated",
+        "cost",
+        "currency",
+    ]
+    list_filter = ["model", "estimated", "status", "created_at"]
+    date_hierarchy = "created_at"
+    search_fields = ["requested_by_name", "requested_by__username"]
+    search_help_text = "The name of the user who asked (kept when the account is gone)."
+    show_full_result_count = False
+
+
 class UsageLimitInline(admin.StackedInline):
     """Per-user overrides of the team-wide limits, edited on the user's admin page."""
 
     model = UsageLimit
+    fields = [
+        "daily_token_quota",
+        "messages_per_minute",
+        "max_open_streams",
+        "monthly_token_budget",
+        "monthly_cost_budget",
+    ]
     can_delete = True
     extra = 0
     max_num = 1

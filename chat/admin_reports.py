@@ -8,17 +8,19 @@ view permission).
 import csv
 import json
 from datetime import datetime, time, timedelta
+from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, F, OuterRef, Prefetch, Subquery, Sum
-from django.db.models.functions import Coalesce, TruncDay, TruncMonth, TruncWeek
+from django.db.models import Count, F, Prefetch, Q, Sum
+from django.db.models.functions import Coalesce, TruncDate, TruncDay, TruncMonth, TruncWeek
 from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from .audit import audit_record
-from .models import AuditEntry, Conversation, Message
+from .models import AuditEntry, Conversation, Message, UsageEntry
 from .serializers import conversation_to_dict, message_to_dict
 
 CSV_MESSAGE_COLUMNS = [
@@ -38,7 +40,20 @@ CSV_MESSAGE_COLUMNS = [
     "error_code",
     "content",
 ]
-CSV_USAGE_COLUMNS = ["user", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"]
+CSV_USAGE_COLUMNS = [
+    "user",
+    "model",
+    "replies",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "estimated_tokens",
+    "cost",
+    "currency",
+]
+USAGE_COUNTS = ["replies", "prompt_tokens", "completion_tokens", "total_tokens", "estimated_tokens"]
+USAGE_TOP_USERS = 10
+COST_PLACES = Decimal("0.00000001")  # UsageEntry.cost's decimal places
 USAGE_DEFAULT_DAYS = 30
 USAGE_PERIODS = {"day": TruncDay, "week": TruncWeek, "month": TruncMonth}
 
@@ -101,43 +116,85 @@ def conversations_export_csv(queryset) -> HttpResponse:
     return response
 
 
-def usage_by_user(*, start, end, period: str = "") -> list[dict]:
-    """Assistant replies and their tokens per (user, model) for replies created from ``start`` to ``end`` (dates,
-    inclusive, in the current time zone), aggregated in the database (1 query).
-
-    A reply counts for the user who asked for it (``requested_by``; for replies
-    stored before that field existed, the author of the user message just
-    before it); ``user`` is None when that user was deleted. With ``period``
-    ("day", "week" or "month") the rows are also split by that period.
-    """
-    since = timezone.make_aware(datetime.combine(start, time.min))
-    until = timezone.make_aware(datetime.combine(end + timedelta(days=1), time.min))
-    asked_by = (
-        Message.objects.filter(
-            conversation=OuterRef("conversation"), role=Message.Role.USER, created_at__lt=OuterRef("created_at")
+def _ledger(*, start=None, end=None):
+    """Ledger rows written from ``start`` to ``end`` (dates, inclusive, in the current time zone; None: open)."""
+    queryset = UsageEntry.objects.all()
+    if start is not None:
+        queryset = queryset.filter(created_at__gte=timezone.make_aware(datetime.combine(start, time.min)))
+    if end is not None:
+        queryset = queryset.filter(
+            created_at__lt=timezone.make_aware(datetime.combine(end + timedelta(days=1), time.min))
         )
-        .order_by("-created_at", "-id")
-        .values("author__username")[:1]
-    )
-    queryset = Message.objects.filter(
-        role=Message.Role.ASSISTANT, created_at__gte=since, created_at__lt=until
-    ).annotate(user=Coalesce(F("requested_by__username"), Subquery(asked_by)))
-    group = ["user", "model"]
-    order = [F("user").asc(nulls_last=True), "model"]
+    # The account's name now; the name kept on the row once the account is gone.
+    return queryset.annotate(user=Coalesce(F("requested_by__username"), F("requested_by_name")))
+
+
+def usage_by_user(*, start=None, end=None, period: str = "") -> list[dict]:
+    """The usage ledger per (user, model, currency) for replies that ended from ``start`` to ``end`` (1 query).
+
+    Each row: replies, prompt / completion / total tokens, ``estimated_tokens``
+    (the total tokens of rows marked estimated), ``cost`` (None when no reply
+    had a price) and its ``currency`` ("" for replies without a price, so
+    those are a row of their own). A reply counts for the user who asked for
+    it, by their kept name once the account is gone. With ``period`` ("day",
+    "week" or "month") the rows are also split by that period.
+    """
+    queryset = _ledger(start=start, end=end)
+    group = ["user", "model", "currency"]
+    order = ["user", "model", "currency"]
     if period:
         queryset = queryset.annotate(period=USAGE_PERIODS[period]("created_at"))
         group.insert(0, "period")
         order.insert(0, "period")
-    return list(
+    rows = list(
         queryset.values(*group)
         .annotate(
+            # First: the aliases below shadow the columns they sum.
+            estimated_tokens=Coalesce(Sum("total_tokens", filter=Q(estimated=True)), 0),
             replies=Count("pk"),
             prompt_tokens=Coalesce(Sum("prompt_tokens"), 0),
             completion_tokens=Coalesce(Sum("completion_tokens"), 0),
             total_tokens=Coalesce(Sum("total_tokens"), 0),
+            cost=Sum("cost"),
         )
         .order_by(*order)
     )
+    return _costs_to_ledger_places(rows)
+
+
+def usage_charts(*, start, end) -> dict:
+    """Chart data for the range (2 queries), costs in CHAT_CURRENCY only (None: no priced reply).
+
+    ``chart_daily``: [{"day": date, "model", "tokens", "cost"}] per day and
+    model, days without replies absent; ``chart_top_users``: [{"user",
+    "tokens", "cost"}], the ten users with the most tokens.
+    """
+    queryset = _ledger(start=start, end=end)
+    sums = dict(tokens=Coalesce(Sum("total_tokens"), 0), cost=Sum("cost", filter=Q(currency=settings.CHAT_CURRENCY)))
+    daily = queryset.annotate(day=TruncDate("created_at")).values("day", "model").annotate(**sums)
+    top = queryset.values("user").annotate(**sums).order_by("-tokens", "user")[:USAGE_TOP_USERS]
+    return {
+        "chart_daily": _costs_to_ledger_places(list(daily.order_by("day", "model"))),
+        "chart_top_users": _costs_to_ledger_places(list(top)),
+    }
+
+
+def _costs_to_ledger_places(rows: list[dict]) -> list[dict]:
+    # SQLite sums decimals as floats: back to the ledger's 8 places, the same on every database.
+    for row in rows:
+        if row["cost"] is not None:
+            row["cost"] = Decimal(row["cost"]).quantize(COST_PLACES)
+    return rows
+
+
+def usage_totals(rows) -> dict:
+    """The rows' counts added up, and ``costs``: {currency: total} over the rows that had a price."""
+    totals = {key: sum(row[key] for row in rows) for key in USAGE_COUNTS}
+    costs = {}
+    for row in rows:
+        if row["cost"] is not None:
+            costs[row["currency"]] = costs.get(row["currency"], 0) + row["cost"]
+    return {**totals, "costs": costs}
 
 
 def _date_field():
@@ -187,7 +244,9 @@ def _usage_format(request) -> str:
 
 
 def usage_view(request, model_admin):
-    """The per-user usage page for ``model_admin``'s site; ``?format=csv`` downloads the same rows.
+    """The per-user usage page for ``model_admin``'s site, read from the ledger; ``?format=csv`` downloads the rows.
+
+    The page's context also has ``chart_daily`` and ``chart_top_users`` (``usage_charts``).
 
     Bad dates render the page with the form's errors (status 400); valid ones write one ``usage_viewed`` audit row.
     """
@@ -220,9 +279,12 @@ def usage_view(request, model_admin):
         form=UsageRangeForm(initial={"start": start, "end": end, "period": period}),
         period=period,
         rows=rows,
-        totals={key: sum(row[key] for row in rows) for key in CSV_USAGE_COLUMNS[2:]},
+        totals=usage_totals(rows),
         start=start,
         end=end,
         csv_query=f"?start={start}&end={end}&period={period}&format=csv",
+        currency=settings.CHAT_CURRENCY,
+        # For the charts block of the template.
+        **usage_charts(start=start, end=end),
     )
     return TemplateResponse(request, "admin/chat/usage.html", context)

@@ -183,7 +183,9 @@ class UsageLimit(models.Model):
         null=True, blank=True, help_text="Open event streams at once (empty: CHAT_MAX_STREAMS_PER_USER; 0: unlimited)."
     )
     monthly_token_budget = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text="Tokens per calendar month (UTC); empty: no token budget."
+        null=True,
+        blank=True,
+        help_text="Tokens per calendar month (UTC) (empty: CHAT_MONTHLY_TOKEN_BUDGET; 0: no budget).",
     )
     monthly_cost_budget = models.DecimalField(
         max_digits=14,

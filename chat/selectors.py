@@ -1,7 +1,8 @@
 """Reads. Who may see a conversation is decided here, in ``conversation_queryset_for_user``, and nowhere else."""
 
 import uuid
-from datetime import timedelta
+from datetime import date, timedelta
+from decimal import Decimal
 from importlib import import_module
 from types import SimpleNamespace
 
@@ -13,7 +14,7 @@ from django.utils import timezone
 from .db import adb
 from .errors import NotFound, RateLimited, Unprocessable
 from .events import REVOKED_DELETED, REVOKED_REMOVED, REVOKED_SIGNED_OUT
-from .models import IDEMPOTENCY_WINDOW, Conversation, IdempotencyKey, Message, UsageLimit
+from .models import IDEMPOTENCY_WINDOW, Conversation, IdempotencyKey, Message, ModelPrice, UsageEntry, UsageLimit
 
 
 def conversation_queryset_for_user(*, user):
@@ -156,12 +157,17 @@ def message_streaming_ids(*, older_than_seconds: float = 0) -> list:
     )
 
 
-def user_limits(*, user) -> dict[str, int]:
-    """The user's effective limits: their overrides, else the settings' defaults (0 = unlimited)."""
+def user_limits(*, user) -> dict:
+    """The user's effective limits: their overrides, else the settings' defaults (0 = unlimited).
+
+    ``monthly_cost_budget`` (in CHAT_CURRENCY) has no team default: None = none.
+    """
     limits = {
         "daily_token_quota": settings.CHAT_DAILY_TOKEN_QUOTA,
         "messages_per_minute": settings.CHAT_MESSAGES_PER_MINUTE,
         "max_open_streams": settings.CHAT_MAX_STREAMS_PER_USER,
+        "monthly_token_budget": settings.CHAT_MONTHLY_TOKEN_BUDGET,
+        "monthly_cost_budget": None,
     }
     override = UsageLimit.objects.filter(user_id=user.pk).first()
     if override is not None:
@@ -171,33 +177,81 @@ def user_limits(*, user) -> dict[str, int]:
     return limits
 
 
-def message_allowance_check(*, user) -> None:
-    """Raise RateLimited (with Retry-After) if ``user``'s daily token quota is spent.
+def _money(amount: Decimal) -> str:
+    # Two places at least (12.50), more when a small budget needs them (0.001).
+    places = max(2, -amount.normalize().as_tuple().exponent)
+    return f"{amount:,.{places}f}"
 
-    Counts the tokens of the replies they asked for since midnight UTC, from
-    the database, so every process agrees. (The per-minute message limit is
-    taken atomically with the insert: ``services.message_submit``.)
+
+def _wait(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    return (f"{days} d " if days else "") + f"{rest // 3600} h {rest % 3600 // 60} min"
+
+
+def message_allowance_check(*, user) -> None:
+    """Raise RateLimited (with Retry-After) if ``user``'s monthly budget or daily token quota is spent.
+
+    Reads the usage ledger (``UsageEntry``), so deleting a conversation gives
+    nothing back and every process agrees: one query for the tokens since
+    midnight UTC, the month's tokens and the month's cost in CHAT_CURRENCY
+    (a cost budget compares only rows in that currency). The per-minute
+    message limit is taken atomically with the insert (``services.message_submit``).
     """
     limits = user_limits(user=user)
+    quota, token_budget, cost_budget = (
+        limits["daily_token_quota"],
+        limits["monthly_token_budget"],
+        limits["monthly_cost_budget"],
+    )
+    if not quota and not token_budget and cost_budget is None:
+        return
     now = timezone.now()
-    quota = limits["daily_token_quota"]
-    if quota:
-        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        used = (
-            Message.objects.filter(requested_by_id=user.pk, created_at__gte=midnight).aggregate(
-                total=Sum("total_tokens")
-            )["total"]
-            or 0
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month_start = midnight.replace(day=1)
+    # Today's midnight is never before the month's start: one scan of the month answers both.
+    used = UsageEntry.objects.filter(requested_by_id=user.pk, created_at__gte=month_start).aggregate(
+        today=Sum("total_tokens", filter=Q(created_at__gte=midnight)),
+        month=Sum("total_tokens"),
+        cost=Sum("cost", filter=Q(currency=settings.CHAT_CURRENCY)),
+    )
+    today, month, cost = used["today"] or 0, used["month"] or 0, used["cost"] or Decimal(0)
+    over_tokens = bool(token_budget) and month >= token_budget
+    over_cost = cost_budget is not None and cost >= cost_budget
+    if over_tokens or over_cost:
+        next_month = (month_start + timedelta(days=32)).replace(day=1)
+        retry = int((next_month - now).total_seconds()) + 1
+        spent = (
+            f"{month:,} of your {token_budget:,} tokens"
+            if over_tokens
+            else f"{_money(cost)} of your {_money(cost_budget)} {settings.CHAT_CURRENCY}"
         )
-        if used >= quota:
-            retry = int((midnight + timedelta(days=1) - now).total_seconds()) + 1
-            raise RateLimited(
-                f"You have used your {quota:,} tokens for today ({used:,} used). "
-                f"The quota resets at midnight UTC, in {retry // 3600} h {retry % 3600 // 60} min; "
-                "an administrator can raise it.",
-                code="quota_exceeded",
-                retry_after=retry,
-            )
+        raise RateLimited(
+            f"You have used {spent} for this month. The budget resets on {next_month:%Y-%m-%d} "
+            f"at 00:00 UTC, in {_wait(retry)}; an administrator can raise it.",
+            code="budget_exceeded",
+            retry_after=retry,
+        )
+    if quota and today >= quota:
+        retry = int((midnight + timedelta(days=1) - now).total_seconds()) + 1
+        raise RateLimited(
+            f"You have used your {quota:,} tokens for today ({today:,} used). "
+            f"The quota resets at midnight UTC, in {_wait(retry)}; an administrator can raise it.",
+            code="quota_exceeded",
+            retry_after=retry,
+        )
+
+
+def model_price_on(*, model: str, day: date) -> ModelPrice | None:
+    """The price of ``model`` in force on ``day``: the one with the latest ``valid_from`` not after it (1 query)."""
+    return ModelPrice.objects.filter(model=model, valid_from__lte=day).order_by("-valid_from").first()
+
+
+def usage_cost(*, price: ModelPrice | None, prompt_tokens: int, completion_tokens: int) -> Decimal | None:
+    """What the tokens cost at ``price`` (per million, input and output), to the ledger's 8 places; None without one."""
+    if price is None:
+        return None
+    cost = (prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million) / 1_000_000
+    return cost.quantize(Decimal("0.00000001"))
 
 
 def idempotent_post(*, user, key: str, request_hash: str):

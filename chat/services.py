@@ -14,8 +14,8 @@ from django.db.models.functions import Concat
 from django.utils import timezone
 
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited
-from .models import IDEMPOTENCY_WINDOW, Conversation, IdempotencyKey, Message
-from .selectors import message_history_for_generation
+from .models import IDEMPOTENCY_WINDOW, Conversation, IdempotencyKey, Message, UsageEntry
+from .selectors import message_history_for_generation, model_price_on, usage_cost
 from .tokens import estimate_usage
 
 
@@ -231,8 +231,9 @@ def message_finish(
     Only a message still ``streaming`` is written (a conditional UPDATE), so a
     stop, a failure and the reaper can race and exactly one of them wins.
     ``finish_reason`` and ``error_code`` are cut to their columns (a provider
-    may send anything). Returns the stored message, or None if it had already
-    ended.
+    may send anything). Writes the reply's usage ledger row in the same
+    transaction (``usage_record``). Returns the stored message, or None if it
+    had already ended.
     """
     now = timezone.now()
     fields = dict(
@@ -258,8 +259,9 @@ def message_finish(
         updated = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(**fields)
         if not updated:
             return None
-        message = Message.objects.select_related("author").get(pk=message_id)
+        message = Message.objects.select_related("author", "requested_by").get(pk=message_id)
         Conversation.objects.filter(pk=message.conversation_id).update(updated_at=now)
+        usage_record(message=message, at=now)
     return message
 
 
@@ -274,7 +276,8 @@ def message_interrupt(*, message_id, reason: str) -> Message | None:
     Its usage is estimated (``usage_estimated``): the prompt from the system
     prompt and the history its generation was sent (the same selector, read
     again), the completion from the checkpoint's content and reasoning.
-    Returns the message if this call ended it, None if it had already ended.
+    Writes its usage ledger row in the same transaction. Returns the message
+    if this call ended it, None if it had already ended.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -298,4 +301,32 @@ def message_interrupt(*, message_id, reason: str) -> Message | None:
             usage_estimated=True,
         )
         Conversation.objects.filter(pk=message.conversation_id).update(updated_at=now)
-    return Message.objects.select_related("author").get(pk=message_id)
+        message = Message.objects.select_related("author", "requested_by").get(pk=message_id)
+        usage_record(message=message, at=now)
+    return message
+
+
+def usage_record(*, message, at) -> UsageEntry:
+    """Write the usage ledger row of a reply that just reached its final state; call in that transaction.
+
+    Kept as ids and the requester's username, so it outlives the message, the
+    conversation and the account. Unknown counts are 0. The cost is fixed now,
+    from the model's price in force today (UTC); None when it has no price.
+    """
+    prompt, completion = message.prompt_tokens or 0, message.completion_tokens or 0
+    price = model_price_on(model=message.model or "", day=at.date())
+    return UsageEntry.objects.create(
+        message_id=message.id,
+        conversation_id=message.conversation_id,
+        requested_by=message.requested_by,
+        requested_by_name=message.requested_by.username if message.requested_by else "",
+        model=message.model or "",
+        status=message.status,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=message.total_tokens if message.total_tokens is not None else prompt + completion,
+        estimated=message.usage_estimated,
+        cost=usage_cost(price=price, prompt_tokens=prompt, completion_tokens=completion),
+        currency=price.currency if price else "",
+        created_at=at,
+    )

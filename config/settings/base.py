@@ -228,6 +228,10 @@ CHAT_DB_SHARED_POOL = True
 CHAT_DAILY_TOKEN_QUOTA = env.int("CHAT_DAILY_TOKEN_QUOTA", default=1_000_000)
 CHAT_MESSAGES_PER_MINUTE = env.int("CHAT_MESSAGES_PER_MINUTE", default=20)
 CHAT_MAX_STREAMS_PER_USER = env.int("CHAT_MAX_STREAMS_PER_USER", default=20)
+# Tokens a user's replies may use per calendar month (UTC), per-user override in the admin (0 = none).
+CHAT_MONTHLY_TOKEN_BUDGET = env.int("CHAT_MONTHLY_TOKEN_BUDGET", default=0)
+# The currency of cost budgets and of the usage report's cost totals (ISO 4217).
+CHAT_CURRENCY = env("CHAT_CURRENCY", default="USD")
 # People a conversation may be shared with (its owner not counted).
 CHAT_MAX_MEMBERS = env.int("CHAT_MAX_MEMBERS", default=50)
 

@@ -3,14 +3,15 @@
 import csv
 import io
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
 from django.utils import timezone
 
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, ModelPrice, UsageEntry
 from chat.serializers import conversation_to_dict, message_to_dict
 
 pytestmark = pytest.mark.django_db
@@ -44,6 +45,20 @@ def exchange(conv, author, question, answer, *, at, usage=(10, 5), model=None, *
         created_at=at + timedelta(microseconds=1),
         completed_at=at + timedelta(seconds=2),
         **fields,
+    )
+    # The ledger row services.usage_record writes when a reply ends: usage reports read it.
+    UsageEntry.objects.create(
+        message_id=answered.id,
+        conversation_id=conv.id,
+        requested_by=author,
+        requested_by_name=author.username,
+        model=answered.model,
+        status=answered.status,
+        prompt_tokens=answered.prompt_tokens or 0,
+        completion_tokens=answered.completion_tokens or 0,
+        total_tokens=answered.total_tokens or 0,
+        estimated=answered.usage_estimated,
+        created_at=answered.completed_at,
     )
     return asked, answered
 
@@ -306,6 +321,8 @@ def test_usage_summary_attributes_replies_to_who_asked(superuser_client, team):
         "prompt_tokens": 33,
         "completion_tokens": 16,
         "total_tokens": 49,
+        "estimated_tokens": 0,
+        "costs": {},
     }
     html = response.content.decode()
     assert "Download CSV" in html and "(UTC)" in html
@@ -320,9 +337,9 @@ def test_usage_summary_as_csv(superuser_client, team):
     assert response.status_code == 200
     assert response["Content-Disposition"] == 'attachment; filename="usage-2025-03-10-2025-03-10.csv"'
     assert list(csv.reader(io.StringIO(response.content.decode()))) == [
-        ["user", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"],
-        ["max", "gpt-x", "1", "20", "7", "27"],
-        ["olivia", "gpt-x", "2", "10", "5", "15"],
+        [*"user model replies prompt_tokens completion_tokens total_tokens estimated_tokens cost currency".split()],
+        ["max", "gpt-x", "1", "20", "7", "27", "0", "", ""],
+        ["olivia", "gpt-x", "2", "10", "5", "15", "0", "", ""],
     ]
 
 
@@ -413,8 +430,8 @@ def test_usage_queries_are_constant(superuser_client, make_user, django_assert_n
     for i in range(count):
         user = make_user(f"asker{i}")
         exchange(conversation(user, f"c{i}"), user, "q", "a", at=T0)
-    # session, user, the audit row, the aggregate
-    with django_assert_num_queries(4):
+    # session, user, the audit row, the table's aggregate, the two charts' (per day and model, top users)
+    with django_assert_num_queries(6):
         response = superuser_client.get(USAGE, {"start": "2025-03-10", "end": "2025-03-10"})
     assert len(response.context["rows"]) == count
 
@@ -463,13 +480,16 @@ def test_usage_per_period_attributes_replies_to_who_asked(client, django_user_mo
         _, reply = services.message_submit(conversation=conversation, author=asker, content="q", model="demo")
         services.message_finish(message_id=reply.id, status="complete", content="a", reasoning="", seq=1)
         Message.objects.filter(pk=reply.pk).update(created_at=today - timedelta(days=days_ago), total_tokens=tokens)
+        UsageEntry.objects.filter(message_id=reply.pk).update(
+            created_at=today - timedelta(days=days_ago), total_tokens=tokens
+        )
     client.force_login(admin_user)
     start = (today - timedelta(days=45)).date()
     response = client.get(f"/admin/chat/message/usage/?start={start}&period=day&format=csv")
     assert response.status_code == 200
     rows = [line.split(",") for line in response.content.decode().strip().splitlines()]
     assert rows[0][:2] == ["period", "user"]
-    by_day = {row[0]: (row[1], int(row[3]), int(row[-1])) for row in rows[1:]}
+    by_day = {row[0]: (row[1], int(row[3]), int(row[6])) for row in rows[1:]}
     assert by_day[today.date().isoformat()] == ("asker", 2, 15)
     assert by_day[(today - timedelta(days=1)).date().isoformat()] == ("asker", 1, 7)
     month = client.get(f"/admin/chat/message/usage/?start={start}&period=month")
@@ -487,3 +507,91 @@ def test_usage_limit_override_on_the_user_page(client, django_user_model):
     assert page.status_code == 200 and "usage_limit-TOTAL_FORMS" in page.content.decode()
     UsageLimit.objects.create(user=user, daily_token_quota=500)
     assert "500" in client.get(f"/admin/auth/user/{user.pk}/change/").content.decode()
+
+
+# --- the usage ledger, prices and estimates (issue 10) -------------------------------------------------
+
+
+def test_usage_report_has_estimated_tokens_cost_and_kept_names(superuser_client, team, member):
+    roadmap, _ = team
+    exchange(roadmap, owner := roadmap.owner, "stop it", "Part", at=T0 + timedelta(minutes=3), usage=(8, 2))
+    Message.objects.filter(content="Part").update(status="cancelled", usage_estimated=True)
+    UsageEntry.objects.filter(requested_by=owner, total_tokens=10).update(status="cancelled", estimated=True)
+    UsageEntry.objects.filter(model="qwen").update(cost="0.00070000", currency="USD")
+    member.delete()
+
+    response = superuser_client.get(USAGE, {"start": "2025-03-10", "end": "2025-03-11"})
+
+    keys = ["user", "replies", "total_tokens", "estimated_tokens", "cost"]
+    rows = [tuple(r[key] for key in keys) for r in response.context["rows"]]
+    assert rows == [("max", 1, 27, 0, None), ("olivia", 3, 25, 10, None), ("otto", 1, 7, 0, Decimal("0.0007"))]
+    assert response.context["totals"]["costs"] == {"USD": Decimal("0.0007")}
+    html = response.content.decode()
+    assert "Estimated tokens" in html and "~10" in html and "0.0007 USD" in html
+    download = superuser_client.get(USAGE, {"start": "2025-03-10", "end": "2025-03-11", "format": "csv"})
+    csv_rows = list(csv.DictReader(io.StringIO(download.content.decode())))
+    assert [(r["user"], r["estimated_tokens"], r["cost"], r["currency"]) for r in csv_rows] == [
+        ("max", "0", "", ""),
+        ("olivia", "10", "", ""),
+        ("otto", "0", "0.00070000", "USD"),
+    ]
+    # The charts' data: per day and model, and the top users, costs in CHAT_CURRENCY.
+    assert response.context["chart_daily"] == [
+        {"day": date(2025, 3, 10), "model": "gpt-x", "tokens": 52, "cost": None},
+        {"day": date(2025, 3, 11), "model": "qwen", "tokens": 7, "cost": Decimal("0.0007")},
+    ]
+    assert response.context["chart_top_users"] == [
+        {"user": "max", "tokens": 27, "cost": None},
+        {"user": "olivia", "tokens": 25, "cost": None},
+        {"user": "otto", "tokens": 7, "cost": Decimal("0.0007")},
+    ]
+
+
+def test_estimated_usage_is_shown_as_such(superuser_client, team):
+    roadmap, _ = team
+    _, reply = exchange(roadmap, roadmap.owner, "stop", "Par", at=T0 + timedelta(minutes=5), usage=(100, 23))
+    Message.objects.filter(pk=reply.pk).update(status="cancelled", usage_estimated=True)
+
+    listing = superuser_client.get(MESSAGES).content.decode()
+    assert "~123 (estimated)" in listing and "~100 (estimated)" in listing
+    assert "~23 (estimated)" in superuser_client.get(f"{MESSAGES}{reply.pk}/change/").content.decode()
+    assert "165 (~123 estimated)" in superuser_client.get(CONVERSATIONS).content.decode()
+
+
+def test_ledger_admin_is_read_only_and_searchable(superuser_client, team):
+    ledger = "/admin/chat/usageentry/"
+    response = superuser_client.get(ledger, {"q": "otto"})
+    assert response.status_code == 200
+    assert [e.requested_by_name for e in response.context["cl"].result_list] == ["otto"]
+    assert len(superuser_client.get(ledger, {"estimated__exact": "0"}).context["cl"].result_list) == 4
+    assert len(superuser_client.get(ledger, {"model": "qwen"}).context["cl"].result_list) == 1
+    html = superuser_client.get(ledger).content.decode()
+    assert "Add usage ledger entry" not in html and "Delete selected" not in html
+    entry = UsageEntry.objects.first()
+    assert superuser_client.get(f"{ledger}add/").status_code == 403
+    assert superuser_client.post(f"{ledger}{entry.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert superuser_client.post(f"{ledger}{entry.pk}/change/", {"total_tokens": 0}).status_code == 403
+    assert UsageEntry.objects.get(pk=entry.pk).total_tokens == entry.total_tokens
+
+
+def test_prices_are_set_in_the_admin_and_never_rewrite_the_ledger(superuser_client, team):
+    UsageEntry.objects.update(cost="0.5", currency="USD")
+    prices = "/admin/chat/modelprice/"
+    page = superuser_client.get(f"{prices}add/").content.decode()
+    assert "cost is fixed on its usage ledger row when the reply ends" in page
+    fields = {"model": "gpt-x", "input_per_million": "2.5", "output_per_million": "10", "currency": "USD"}
+    response = superuser_client.post(f"{prices}add/", {**fields, "valid_from": "2025-01-01"})
+    assert response.status_code == 302
+    price = ModelPrice.objects.get()
+    changed = {**fields, "input_per_million": "3", "valid_from": "2025-01-01"}
+    response = superuser_client.post(f"{prices}{price.pk}/change/", changed)
+    assert response.status_code == 302
+    assert ModelPrice.objects.get().input_per_million == Decimal("3")
+    assert set(UsageEntry.objects.values_list("cost", flat=True)) == {Decimal("0.5")}
+    assert "gpt-x" in superuser_client.get(prices).content.decode()
+
+
+def test_monthly_budgets_on_the_user_page(superuser_client, owner):
+    page = superuser_client.get(f"/admin/auth/user/{owner.pk}/change/").content.decode()
+    for field in ("monthly_token_budget", "monthly_cost_budget"):
+        assert f"usage_limit-__prefix__-{field}" in page

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from chat import services
-from chat.models import Message, UsageLimit
+from chat.models import Message, UsageEntry, UsageLimit
 from tests.conftest import login
 from tests.sseclient import start_viewer
 
@@ -31,6 +31,8 @@ def add_exchange(conversation, user, *, tokens=None, minutes_ago=0):
     when = timezone.now() - timedelta(minutes=minutes_ago)
     Message.objects.filter(pk=user_message.pk).update(created_at=when)
     Message.objects.filter(pk=reply.pk).update(created_at=when + timedelta(microseconds=1), total_tokens=tokens)
+    # Quotas read the usage ledger.
+    UsageEntry.objects.filter(message_id=reply.pk).update(created_at=when, total_tokens=tokens or 0)
 
 
 @pytest.mark.django_db
