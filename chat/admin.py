@@ -18,7 +18,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator, smart_split, unescape_string_literal
 
-from . import admin_reports, selectors
+from . import admin_reports, admin_retention, selectors
 from .audit import audit_record
 from .models import AuditEntry, Conversation, Message, ModelPrice, UsageEntry, UsageLimit
 
@@ -92,9 +92,25 @@ class TranscriptAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(TranscriptAdmin):
-    list_display = ["display_title", "owner", "member_count", "model", "message_count", "total_tokens", "updated_at"]
-    list_filter = [("owner", admin.RelatedOnlyFieldListFilter), "model", "created_at"]
+class ConversationAdmin(admin_retention.RetentionPermission, TranscriptAdmin):
+    list_display = [
+        "display_title",
+        "owner",
+        "member_count",
+        "model",
+        "message_count",
+        "total_tokens",
+        "updated_at",
+        admin_retention.deleted_status,
+        admin_retention.conversation_on_legal_hold,
+    ]
+    list_filter = [
+        admin_retention.DeletedFilter,
+        admin_retention.LegalHoldFilter,
+        ("owner", admin.RelatedOnlyFieldListFilter),
+        "model",
+        "created_at",
+    ]
     date_hierarchy = "updated_at"
     # Searched by get_search_results below; listed so the admin shows the search box.
     search_fields = ["title", "owner__username", "messages__content", "messages__author__username"]
@@ -109,16 +125,28 @@ class ConversationAdmin(TranscriptAdmin):
         "updated_at",
         "message_count",
         "total_tokens",
+        admin_retention.deleted_status,
+        "legal_hold_reason",
+        "legal_hold_set_at",
+        "legal_hold_set_by",
     ]
     readonly_fields = fields
-    actions = ["export_json", "export_csv"]
+    actions = [
+        "export_json",
+        "export_csv",
+        admin_retention.restore_conversations,
+        admin_retention.set_conversation_hold,
+        admin_retention.release_conversation_hold,
+    ]
+    # Restore and legal holds change the row: they need the change permission (the form stays read-only).
+    retention_permission = "chat.change_conversation"
 
     def get_queryset(self, request):
         members = Conversation.members.through.objects
         return (
             super()
             .get_queryset(request)
-            .select_related("owner")
+            .select_related("owner", "deleted_by")
             .annotate(
                 member_count=_per_conversation(members, Count("pk")),
                 message_count=_per_conversation(Message.objects, Count("pk")),
@@ -361,8 +389,12 @@ def _limit_changes(formset) -> list[dict]:
     return changes
 
 
-class UserAdminWithLimits(UserAdmin):
-    inlines = [*UserAdmin.inlines, UsageLimitInline]
+class UserAdminWithLimits(admin_retention.RetentionPermission, UserAdmin):
+    inlines = [*UserAdmin.inlines, UsageLimitInline, admin_retention.UserLegalHoldInline]
+    list_display = [*UserAdmin.list_display, admin_retention.user_on_legal_hold]
+    list_select_related = ["legal_hold"]
+    actions = [admin_retention.set_user_hold, admin_retention.release_user_hold]
+    retention_permission = "chat.change_userlegalhold"
 
     def save_formset(self, request, form, formset, change):
         """Save, and write one ``limits_changed`` row (before/after) per changed limits form, in one transaction."""

@@ -233,7 +233,7 @@ def conversation_detail(request, user, conversation_id):
         body["messages"] = [message_to_dict(m) for m in selectors.message_list(conversation=conversation)]
         return JsonResponse(body)
     if request.method == "DELETE":
-        conversation_id = conversation.id  # delete() clears the instance's pk
+        conversation_id = conversation.id
         services.conversation_delete(conversation=conversation, user=user)
         streaming.publish_conversation_deleted(conversation_id=conversation_id)
         return HttpResponse(status=204)

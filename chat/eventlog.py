@@ -115,6 +115,14 @@ class EventLog:
     async def ping(self) -> None:
         """Raise if the log's store is unreachable."""
 
+    async def try_lock(self, name: str, seconds: float) -> bool:
+        """Take the lock ``name`` for ``seconds`` unless anyone (any process) holds it; whether this call took it.
+
+        Never released early: it lapses, so a job guarded by it runs at most
+        once per ``seconds`` across every process sharing this log.
+        """
+        raise NotImplementedError
+
     # Open event streams per user, counted across processes.
     async def stream_open(self, user_id, token: str, *, limit: int, ttl: float) -> bool:
         """Register an open stream unless the user already has ``limit`` (0: no limit); expires after ``ttl``."""
@@ -136,6 +144,7 @@ class MemoryEventLog(EventLog):
         self._states: dict[str, dict[str, dict]] = {}
         self._stops: dict[str, float] = {}
         self._leases: dict[str, float] = {}
+        self._locks: dict[str, float] = {}
         self._streams = _MemoryStreams()
         self._last_ms = 0
         self._n = 0
@@ -223,6 +232,13 @@ class MemoryEventLog(EventLog):
 
     async def has_lease(self, message_id):
         return self._leases.get(message_id, 0) > time.monotonic()
+
+    async def try_lock(self, name, seconds):
+        now = time.monotonic()
+        if self._locks.get(name, 0) > now:
+            return False
+        self._locks[name] = now + seconds
+        return True
 
     async def stream_open(self, user_id, token, *, limit, ttl):
         streams = self._streams.live(user_id)
@@ -407,6 +423,11 @@ class RedisEventLog(EventLog):
 
     async def ping(self):
         await self.redis.ping()
+
+    async def try_lock(self, name, seconds):
+        # SET NX PX: one atomic step, so of any number of processes exactly one gets it.
+        key = f"{self.prefix}lock:{name}"
+        return bool(await self.redis.set(key, str(os.getpid()), nx=True, px=max(1, int(seconds * 1000))))
 
     def _streams_key(self, user_id):
         return f"{self.prefix}user:{user_id}:streams"

@@ -18,15 +18,16 @@ from .models import IDEMPOTENCY_WINDOW, Conversation, IdempotencyKey, Message, M
 
 
 def conversation_queryset_for_user(*, user):
-    """Conversations ``user`` may see: those they own or are a member of.
+    """Conversations ``user`` may see: those they own or are a member of, unless deleted.
 
     The one visibility rule of the product: every view, event stream and
-    action goes through it. Anonymous or inactive users see nothing.
+    action goes through it. Anonymous or inactive users see nothing; a
+    deleted conversation (kept for the admins until purged) nobody sees.
     """
     if not user.is_authenticated or not user.is_active:
         return Conversation.objects.none()
     membership = Conversation.members.through.objects.filter(conversation_id=OuterRef("pk"), user_id=user.pk)
-    return Conversation.objects.filter(Q(owner_id=user.pk) | Exists(membership))
+    return Conversation.objects.filter(Q(owner_id=user.pk) | Exists(membership), deleted_at__isnull=True)
 
 
 def _with_people(queryset):
@@ -101,7 +102,9 @@ def stream_access_lost(*, session_key: str | None, user_id, conversation_id=None
         return REVOKED_SIGNED_OUT
     if conversation_id is None or conversation_is_visible(user=user, conversation_id=conversation_id):
         return None
-    return REVOKED_REMOVED if Conversation.objects.filter(pk=conversation_id).exists() else REVOKED_DELETED
+    # Deleted: the row is gone (purged) or only kept for the admins (soft-deleted).
+    kept = Conversation.objects.filter(pk=conversation_id, deleted_at__isnull=True).exists()
+    return REVOKED_REMOVED if kept else REVOKED_DELETED
 
 
 astream_access_lost = adb(stream_access_lost)

@@ -4,19 +4,24 @@ Services never publish events themselves: they return what changed and the
 caller (``chat.api`` / ``chat.streaming``) publishes, after the commit.
 """
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import F, Value
+from django.db.models import Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from .audit import audit_record
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited
-from .models import IDEMPOTENCY_WINDOW, Conversation, IdempotencyKey, Message, UsageEntry
+from .models import IDEMPOTENCY_WINDOW, AuditEntry, Conversation, IdempotencyKey, Message, UsageEntry, UserLegalHold
 from .selectors import message_history_for_generation, model_price_on, usage_cost
 from .tokens import estimate_usage
+
+# Conversations deleted per statement by a purge (SQLite takes at most 32,766 parameters a query).
+PURGE_BATCH = 500
 
 
 def _require_owner(*, conversation, user):
@@ -43,10 +48,20 @@ def conversation_update(*, conversation, user, **fields) -> Conversation:
     return conversation
 
 
+@transaction.atomic
 def conversation_delete(*, conversation, user) -> None:
-    """Delete the conversation and all its messages (owner only)."""
+    """Delete the conversation for everyone (owner only): hidden at once, purged later.
+
+    Sets ``deleted_at`` / ``deleted_by``; the one visibility rule then hides
+    it from the owner and every member, while the row and its messages stay
+    for CHAT_DELETED_RETENTION_DAYS (admins may restore it) and, under a
+    legal hold, until it is released. The caller publishes
+    ``conversation.deleted`` so open streams end.
+    """
     _require_owner(conversation=conversation, user=user)
-    conversation.delete()
+    now = timezone.now()
+    Conversation.objects.filter(pk=conversation.pk, deleted_at__isnull=True).update(deleted_at=now, deleted_by=user)
+    conversation.deleted_at, conversation.deleted_by = now, user
 
 
 @transaction.atomic
@@ -86,6 +101,213 @@ def conversation_member_remove(*, conversation, user, username: str) -> None:
     conversation.members.remove(member)
     conversation.updated_at = timezone.now()
     conversation.save(update_fields=["updated_at"])
+
+
+@transaction.atomic
+def conversation_restore(*, conversation, admin, request=None) -> None:
+    """Undo an owner's delete (admins): the owner and members see the conversation again at once.
+
+    Clears ``deleted_at`` / ``deleted_by`` and bumps ``updated_at`` (so the
+    inactivity rule counts from the restore); writes a
+    ``conversation_restored`` audit row. Raises InvalidInput if it is not
+    deleted. Restorable while it is kept, i.e. until a purge takes it.
+    """
+    if not Conversation.objects.filter(pk=conversation.pk, deleted_at__isnull=False).update(
+        deleted_at=None, deleted_by=None, updated_at=timezone.now()
+    ):
+        raise InvalidInput(f"{conversation} is not deleted.", code="not_deleted")
+    audit_record(
+        actor=admin,
+        action=AuditEntry.Action.CONVERSATION_RESTORED,
+        target_type="conversation",
+        target_id=conversation.pk,
+        request=request,
+        detail={"deleted_at": conversation.deleted_at.isoformat() if conversation.deleted_at else None},
+    )
+
+
+def _hold_reason(reason: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("Give the reason for setting or releasing a legal hold.", code="reason_required")
+    return reason
+
+
+@transaction.atomic
+def conversation_legal_hold_set(*, conversation, admin, reason: str, request=None) -> bool:
+    """Put a conversation under legal hold (admins): it is never purged while held.
+
+    Writes the hold's reason, time and admin on the row and a
+    ``legal_hold_set`` audit row with the reason. Returns False (and writes
+    nothing) if it was already held. Raises InvalidInput without a reason.
+    """
+    reason = _hold_reason(reason)
+    held = Conversation.objects.filter(pk=conversation.pk, legal_hold_set_at__isnull=True).update(
+        legal_hold_reason=reason, legal_hold_set_at=timezone.now(), legal_hold_set_by=admin
+    )
+    if held:
+        audit_record(
+            actor=admin,
+            action=AuditEntry.Action.LEGAL_HOLD_SET,
+            target_type="conversation",
+            target_id=conversation.pk,
+            request=request,
+            detail={"reason": reason},
+        )
+    return bool(held)
+
+
+@transaction.atomic
+def conversation_legal_hold_release(*, conversation, admin, reason: str, request=None) -> bool:
+    """Release a conversation's legal hold (admins); the retention settings apply to it again.
+
+    Clears the hold and writes a ``legal_hold_released`` audit row with this
+    reason and the hold's own. Returns False (and writes nothing) if it was
+    not held. Raises InvalidInput without a reason.
+    """
+    reason = _hold_reason(reason)
+    row = Conversation.objects.select_for_update().filter(pk=conversation.pk, legal_hold_set_at__isnull=False).first()
+    if row is None:
+        return False
+    Conversation.objects.filter(pk=row.pk).update(legal_hold_reason="", legal_hold_set_at=None, legal_hold_set_by=None)
+    audit_record(
+        actor=admin,
+        action=AuditEntry.Action.LEGAL_HOLD_RELEASED,
+        target_type="conversation",
+        target_id=row.pk,
+        request=request,
+        detail={"reason": reason, "hold_reason": row.legal_hold_reason},
+    )
+    return True
+
+
+@transaction.atomic
+def user_legal_hold_set(*, user, admin, reason: str, request=None) -> bool:
+    """Put a person under legal hold (admins): nothing they own, share or wrote in is purged while it stands.
+
+    Writes a ``UserLegalHold`` and a ``legal_hold_set`` audit row with the
+    reason. Returns False (and writes nothing) if they were already held.
+    Raises InvalidInput without a reason.
+    """
+    reason = _hold_reason(reason)
+    _, created = UserLegalHold.objects.get_or_create(user=user, defaults={"reason": reason, "set_by": admin})
+    if created:
+        audit_record(
+            actor=admin,
+            action=AuditEntry.Action.LEGAL_HOLD_SET,
+            target_type="user",
+            target_id=user.pk,
+            request=request,
+            detail={"reason": reason, "username": user.get_username()},
+        )
+    return created
+
+
+@transaction.atomic
+def user_legal_hold_release(*, user, admin, reason: str, request=None) -> bool:
+    """Release a person's legal hold (admins): deletes their ``UserLegalHold``, writes ``legal_hold_released``.
+
+    Returns False (and writes nothing) if they were not held. Raises
+    InvalidInput without a reason.
+    """
+    reason = _hold_reason(reason)
+    hold = UserLegalHold.objects.select_for_update().filter(user=user).first()
+    if hold is None:
+        return False
+    hold.delete()
+    audit_record(
+        actor=admin,
+        action=AuditEntry.Action.LEGAL_HOLD_RELEASED,
+        target_type="user",
+        target_id=user.pk,
+        request=request,
+        detail={"reason": reason, "hold_reason": hold.reason, "username": user.get_username()},
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    """What a purge run deleted (or, dry, would): conversation ids by rule, and what a hold kept."""
+
+    deleted_ids: list  # deleted by their owner longer ago than CHAT_DELETED_RETENTION_DAYS
+    inactive_ids: list  # no activity for longer than CHAT_RETENTION_DAYS
+    held: int  # expired by either rule but under a legal hold: kept
+    messages: int  # messages of the purged conversations
+    dry_run: bool
+
+    @property
+    def counts(self) -> dict:
+        return {
+            "deleted": len(self.deleted_ids),
+            "inactive": len(self.inactive_ids),
+            "held": self.held,
+            "messages": self.messages,
+        }
+
+
+def _legal_hold_q() -> Q:
+    """Conversations under a legal hold: their own, or one on a person who owns, shares or wrote in them."""
+    held_users = UserLegalHold.objects.values("user_id")
+    members = Conversation.members.through.objects.filter(conversation_id=OuterRef("pk"), user_id__in=held_users)
+    authors = Message.objects.filter(conversation_id=OuterRef("pk"), author_id__in=held_users)
+    return Q(legal_hold_set_at__isnull=False) | Q(owner_id__in=held_users) | Exists(members) | Exists(authors)
+
+
+@transaction.atomic
+def conversation_purge_expired(*, now=None, dry_run: bool = False) -> PurgeResult:
+    """Delete for good the conversations the retention settings say have expired, never one under legal hold.
+
+    Expired: deleted more than CHAT_DELETED_RETENTION_DAYS ago, or no
+    activity (``updated_at``) for more than CHAT_RETENTION_DAYS (0 = that
+    rule never expires anything). Their messages go with them; the usage
+    ledger (no foreign keys) stays. Writes one ``purged`` audit row with the
+    counts per run, even when nothing expired; a dry run writes nothing.
+    """
+    now = now or timezone.now()
+    deleted_before = None
+    rules = Q(pk__in=[])
+    if settings.CHAT_DELETED_RETENTION_DAYS:
+        deleted_before = now - timedelta(days=settings.CHAT_DELETED_RETENTION_DAYS)
+        rules |= Q(deleted_at__lt=deleted_before)
+    if settings.CHAT_RETENTION_DAYS:
+        rules |= Q(updated_at__lt=now - timedelta(days=settings.CHAT_RETENTION_DAYS))
+    # Locked until the commit (PostgreSQL), so a restore or a hold set meanwhile waits for the purge.
+    rows = list(
+        Conversation.objects.filter(rules)
+        .select_for_update(of=("self",))
+        .annotate(held=_legal_hold_q())
+        .values_list("pk", "deleted_at", "held")
+    )
+    deleted_ids, inactive_ids, held = [], [], 0
+    for pk, deleted_at, is_held in rows:
+        if is_held:
+            held += 1
+        elif deleted_before is not None and deleted_at is not None and deleted_at < deleted_before:
+            deleted_ids.append(pk)
+        else:
+            inactive_ids.append(pk)
+    ids, messages = [*deleted_ids, *inactive_ids], 0
+    # In batches: a first run on an old database may expire more rows than a query takes parameters.
+    for start in range(0, len(ids), PURGE_BATCH):
+        batch = Conversation.objects.filter(pk__in=ids[start : start + PURGE_BATCH])
+        if dry_run:
+            messages += Message.objects.filter(conversation__in=batch).count()
+        else:
+            messages += batch.delete()[1].get(Message._meta.label, 0)
+    result = PurgeResult(deleted_ids, inactive_ids, held, messages, dry_run)
+    if not dry_run:
+        audit_record(
+            actor=None,
+            action=AuditEntry.Action.PURGED,
+            target_type="conversation",
+            detail={
+                **result.counts,
+                "deleted_retention_days": settings.CHAT_DELETED_RETENTION_DAYS,
+                "retention_days": settings.CHAT_RETENTION_DAYS,
+            },
+        )
+    return result
 
 
 def message_submit(

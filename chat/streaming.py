@@ -43,7 +43,13 @@ STORAGE_FAILED_REASON = (
 
 # This process's running generations, by message id (also keeps their tasks referenced).
 _generations: dict[str, Generation] = {}
-_background: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+# This process's background loops (reaper, purge), by event loop and name.
+_background: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task] = {}
+# Expired conversations are purged at most once this often across all processes
+# (a lock in the event log); each process asks every PURGE_CHECK_SECONDS, so a
+# run is at most that late. The first ask waits too: start-up stays light.
+PURGE_EVERY_SECONDS = 3600
+PURGE_CHECK_SECONDS = 300
 
 
 def get_provider():
@@ -489,12 +495,37 @@ async def _reaper_loop() -> None:
             logger.exception("reaper: pass failed; trying again later")
 
 
+async def purge_when_due(*, log=None):
+    """Purge what the retention settings say has expired, unless a process did in the last hour.
+
+    Takes the ``purge`` lock in the event log (``log``, default this
+    process's) for PURGE_EVERY_SECONDS; only its taker runs
+    ``services.conversation_purge_expired`` (which writes one ``purged``
+    audit row). Returns that run's result, or None when not due.
+    """
+    if not await (log or get_event_log()).try_lock("purge", PURGE_EVERY_SECONDS):
+        return None
+    result = await adb(services.conversation_purge_expired)(dry_run=False)
+    logger.info("purge: %s", result.counts)
+    return result
+
+
+async def _purge_loop() -> None:
+    while True:
+        await asyncio.sleep(PURGE_CHECK_SECONDS)
+        try:
+            await purge_when_due()
+        except Exception:
+            logger.exception("purge: run failed; trying again later")
+
+
 def ensure_background() -> None:
-    """Start this process's reaper on the running loop, once."""
+    """Start this process's reaper and purge loops on the running loop, once each."""
     loop = asyncio.get_running_loop()
-    task = _background.get(loop)
-    if task is None or task.done():
-        _background[loop] = loop.create_task(_reaper_loop(), name="reaper")
+    for name, job in (("reaper", _reaper_loop), ("purge", _purge_loop)):
+        task = _background.get((loop, name))
+        if task is None or task.done():
+            _background[(loop, name)] = loop.create_task(job(), name=name)
 
 
 async def shutdown(timeout: float = 10.0) -> None:

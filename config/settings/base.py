@@ -234,6 +234,13 @@ CHAT_MONTHLY_TOKEN_BUDGET = env.int("CHAT_MONTHLY_TOKEN_BUDGET", default=0)
 CHAT_CURRENCY = env("CHAT_CURRENCY", default="USD")
 # People a conversation may be shared with (its owner not counted).
 CHAT_MAX_MEMBERS = env.int("CHAT_MAX_MEMBERS", default=50)
+# A conversation its owner deleted stays (hidden, restorable by admins) this many days, then
+# is purged; conversations with no activity for CHAT_RETENTION_DAYS are purged. 0 = kept for ever.
+# Legal holds override both.
+CHAT_DELETED_RETENTION_DAYS = env.int("CHAT_DELETED_RETENTION_DAYS", default=30)
+CHAT_RETENTION_DAYS = env.int("CHAT_RETENTION_DAYS", default=0)
+if min(CHAT_DELETED_RETENTION_DAYS, CHAT_RETENTION_DAYS) < 0:
+    raise ImproperlyConfigured("CHAT_DELETED_RETENTION_DAYS and CHAT_RETENTION_DAYS are 0 or more days (0 = for ever).")
 
 # One line a record on stdout: JSON for log collectors (production's default)
 # or plain text for a terminal. Every record passes the two filters: its

@@ -217,11 +217,12 @@ def test_patch_rejects_bad_input(api, owner, conversation, data, code):
     assert error_of(response) == code
 
 
-def test_delete_by_owner_removes_messages(api, owner, conversation):
+def test_delete_by_owner_hides_it_and_keeps_it_for_the_retention_window(api, owner, conversation):
     services.message_submit(conversation=conversation, author=owner, content="x", model="demo")
     response = api(owner).delete(url(conversation))
     assert response.status_code == 204 and response.content == b""
-    assert not Conversation.objects.exists() and not Message.objects.exists()
+    # Kept (restorable by admins) until purged; chat.services.conversation_purge_expired deletes it for real.
+    assert Conversation.objects.get().deleted_by == owner and Message.objects.count() == 2
     assert api(owner).get(url(conversation)).status_code == 404
 
 

@@ -262,7 +262,7 @@ def test_with_redis_down_writes_either_succeed_or_are_refused_before_writing(fak
 
         eventually(finished, timeout=30)
         assert owner.delete(f"/api/conversations/{conversation}/").status_code == 204
-        assert not stack.query("SELECT id FROM chat_conversation")
+        assert stack.query("SELECT deleted_at IS NOT NULL FROM chat_conversation") == [(1,)]
     finally:
         redis.stop()
 
