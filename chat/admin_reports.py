@@ -19,6 +19,7 @@ from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
+from . import charts
 from .audit import audit_record
 from .models import AuditEntry, Conversation, Message, UsageEntry
 from .serializers import conversation_to_dict, message_to_dict
@@ -215,6 +216,9 @@ class UsageRangeForm(forms.Form):
         required=False,
         choices=[("", "Whole range"), ("day", "Per day"), ("week", "Per week"), ("month", "Per month")],
     )
+    measure = forms.ChoiceField(
+        required=False, label="Charts show", choices=[("tokens", "Tokens"), ("cost", "Cost")], initial="tokens"
+    )
 
     def clean(self):
         data = super().clean()
@@ -264,6 +268,7 @@ def usage_view(request, model_admin):
         return TemplateResponse(request, "admin/chat/usage.html", context, status=400)
     start, end = form.cleaned_data["start"], form.cleaned_data["end"]
     period = form.cleaned_data.get("period") or ""
+    measure = form.cleaned_data.get("measure") or "tokens"
     audit_record(
         actor=request.user,
         action=AuditEntry.Action.USAGE_VIEWED,
@@ -276,7 +281,7 @@ def usage_view(request, model_admin):
         return _usage_csv(rows, start=start, end=end, period=period)
     context.update(
         # A fresh form shows the defaults it applied in place of empty inputs.
-        form=UsageRangeForm(initial={"start": start, "end": end, "period": period}),
+        form=UsageRangeForm(initial={"start": start, "end": end, "period": period, "measure": measure}),
         period=period,
         rows=rows,
         totals=usage_totals(rows),
@@ -286,5 +291,15 @@ def usage_view(request, model_admin):
         currency=settings.CHAT_CURRENCY,
         # For the charts block of the template.
         **usage_charts(start=start, end=end),
+    )
+    # Drawn here, not in the template: chat.charts escapes every name it puts in the SVG.
+    context.update(
+        measure=measure,
+        daily_chart=charts.daily_chart(
+            context["chart_daily"], start=start, end=end, measure=measure, currency=settings.CHAT_CURRENCY
+        ),
+        top_users_chart=charts.top_users_chart(
+            context["chart_top_users"], measure=measure, currency=settings.CHAT_CURRENCY
+        ),
     )
     return TemplateResponse(request, "admin/chat/usage.html", context)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from html import escape
 
 from django.utils.safestring import SafeString, mark_safe
@@ -222,14 +222,13 @@ def _amount(value, measure: str, currency: str) -> str:
 
 
 def _fmt(value, measure: str) -> str:
-    """Thousands separators; cost with 2 decimals, or as many as a small amount needs (up to 6)."""
+    """Thousands separators; cost with 2 decimals, or 2 significant digits for small amounts (up to 6 places)."""
     value = Decimal(value)
     if measure == "tokens":
         return f"{int(value):,}"
-    places = 2
-    while places < 6 and value and abs(value) < Decimal(10) ** (2 - places):
-        places += 1
-    return f"{value:,.{places}f}"
+    places = max(2, min(6, 1 - math.floor(math.log10(abs(value))))) if value else 2
+    # Half up, as money is rounded on an invoice (format() alone rounds half to even).
+    return f"{value.quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP):,.{places}f}"
 
 
 def _value_label(user: str, totals, unpriced: set[str], measure: str) -> str:

@@ -1,11 +1,13 @@
 """The usage charts: what the SVG says (stacks, labels, legend), escaping, and the edge cases of a range."""
 
 import re
+import uuid
 import xml.etree.ElementTree as ET
-from datetime import date
+from datetime import date, datetime, time
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from chat.charts import PALETTE_SIZE, daily_chart, top_users_chart
 
@@ -128,7 +130,7 @@ def test_cost_mode_counts_none_as_unpriced():
     figure = parse(daily_chart(rows, start=D1, end=D2, measure="cost", currency="USD"))
 
     assert svg_of(figure).get("aria-label") == "Cost (USD) per day by model, 2025-03-10 to 2025-03-11"
-    assert [tip for *_, tip in bars(figure)] == ["2025-03-10 gpt-x: 0.0125 USD", "2025-03-11 gpt-x: 1,234.50 USD"]
+    assert [tip for *_, tip in bars(figure)] == ["2025-03-10 gpt-x: 0.013 USD", "2025-03-11 gpt-x: 1,234.50 USD"]
     assert legend(figure) == ["gpt-x 1,234.51 (partly unpriced)", "local 0.00 (no price)"]
     assert "No price for some usage of gpt-x, local." in svg_of(figure).find(f"{SVG}desc").text
     assert "Cost (USD)" in texts(figure)
@@ -169,3 +171,55 @@ def test_long_ranges_thin_out_the_date_labels():
 
     dates = [t for t in texts(figure) if re.fullmatch(r"[A-Z][a-z]{2} \d+", t)]
     assert 5 <= len(dates) <= 12
+
+
+# --- on the usage page ----------------------------------------------------------------
+
+USAGE = "/admin/chat/message/usage/"
+
+
+def ledger_row(name, model, tokens, cost, *, day):
+    from chat.models import UsageEntry
+
+    at = timezone.make_aware(datetime.combine(day, time(12)))
+    return UsageEntry.objects.create(
+        message_id=uuid.uuid4(),
+        conversation_id=uuid.uuid4(),
+        requested_by_name=name,
+        model=model,
+        status="complete",
+        total_tokens=tokens,
+        cost=cost,
+        currency="USD" if cost is not None else "",
+        created_at=at,
+    )
+
+
+@pytest.mark.django_db
+def test_the_usage_page_draws_both_charts_from_the_ledger(client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("root", password="pw-root-123", email=""))
+    ledger_row("ann", "gpt-x", 1500, Decimal("0.50"), day=D1)
+    ledger_row("bob", "<i>local</i>", 700, None, day=D2)
+
+    response = client.get(USAGE, {"start": "2025-03-10", "end": "2025-03-12"})
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'href="/static/chat/admin-charts.css"' in html
+    daily, users = parse(response.context["daily_chart"]), parse(response.context["top_users_chart"])
+    assert str(response.context["daily_chart"]) in html and str(response.context["top_users_chart"]) in html
+    assert [tip for *_, tip in bars(daily)] == ["2025-03-10 gpt-x: 1,500 tokens", "2025-03-11 <i>local</i>: 700 tokens"]
+    assert "<i>local</i>" not in html and "&lt;i&gt;local&lt;/i&gt;" in html
+    assert [tip for *_, tip in bars(users)] == ["ann: 1,500 tokens", "bob: 700 tokens"]
+    assert "measure=cost" in html
+
+    cost = client.get(USAGE, {"start": "2025-03-10", "end": "2025-03-12", "measure": "cost"})
+    assert cost.status_code == 200
+    assert [tip for *_, tip in bars(parse(cost.context["daily_chart"]))] == ["2025-03-10 gpt-x: 0.50 USD"]
+    assert legend(parse(cost.context["daily_chart"])) == ["gpt-x 0.50", "<i>local</i> 0.00 (no price)"]
+
+    refused = client.get(USAGE, {"measure": "words"})
+    assert refused.status_code == 400
+    assert "Charts show: Select a valid choice. words is not one of the available choices." in (
+        refused.content.decode()
+    )
