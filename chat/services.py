@@ -273,8 +273,11 @@ def conversation_purge_expired(*, now=None, dry_run: bool = False) -> PurgeResul
     if settings.CHAT_RETENTION_DAYS:
         rules |= Q(updated_at__lt=now - timedelta(days=settings.CHAT_RETENTION_DAYS))
     # Locked until the commit (PostgreSQL), so a restore or a hold set meanwhile waits for the purge.
+    # A reply still streaming is left to end: its final save and ledger row need the conversation.
+    streaming = Message.objects.filter(conversation=OuterRef("pk"), status=Message.Status.STREAMING)
     rows = list(
         Conversation.objects.filter(rules)
+        .exclude(Exists(streaming))
         .select_for_update(of=("self",))
         .annotate(held=_legal_hold_q())
         .values_list("pk", "deleted_at", "held")

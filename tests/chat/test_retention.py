@@ -426,3 +426,14 @@ def test_only_one_of_two_processes_purges_per_hour(settings, owner, two_processe
     # Within the hour neither runs again.
     assert async_to_sync(streaming.purge_when_due)(log=first) is None
     assert len(audit_rows("purged")) == 1
+
+
+@pytest.mark.django_db
+def test_a_conversation_whose_reply_still_streams_waits_for_the_next_run(settings, owner):
+    settings.CHAT_DELETED_RETENTION_DAYS, settings.CHAT_RETENTION_DAYS = 30, 0
+    conversation = dated(owner, "deleted mid-reply", updated_days_ago=40, deleted_days_ago=31)
+    _, reply = services.message_submit(conversation=conversation, author=owner, content="still going", model="demo")
+    assert services.conversation_purge_expired(now=timezone.now()).counts["deleted"] == 0
+    services.message_finish(message_id=reply.id, status="complete", content="done", reasoning="", seq=1)
+    assert services.conversation_purge_expired(now=timezone.now()).counts["deleted"] == 1
+    assert UsageEntry.objects.filter(message_id=reply.id).exists()
