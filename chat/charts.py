@@ -62,7 +62,7 @@ def daily_chart(
     if not grand:
         desc = _nothing(measure, unpriced)
         legend = _legend(models, series, totals, unpriced, measure)
-        return _figure(id, title, desc, _empty_svg(id, "chart-daily", title, desc, DAILY_WIDTH), legend)
+        return _figure(id, _empty_svg(id, "chart-daily", title, desc, DAILY_WIDTH), legend)
 
     day_totals = {day: sum(stacks[day].values(), Decimal(0)) for day in days}
     busiest = max(days, key=lambda day: (day_totals[day], -day.toordinal()))
@@ -118,7 +118,7 @@ def daily_chart(
         f'text-anchor="middle">{escape(_capital(unit))}</text>'
     )
     svg = _svg(id, "chart-daily", title, desc, DAILY_WIDTH, DAILY_HEIGHT, "".join(parts))
-    return _figure(id, title, desc, svg, _legend(models, series, totals, unpriced, measure))
+    return _figure(id, svg, _legend(models, series, totals, unpriced, measure))
 
 
 def top_users_chart(
@@ -144,7 +144,7 @@ def top_users_chart(
     title = f"Top users by {unit}"
     if not any(totals[u] for u in shown):
         desc = _nothing(measure, unpriced)
-        return _figure(id, title, desc, _empty_svg(id, "chart-users", title, desc, USERS_WIDTH), "")
+        return _figure(id, _empty_svg(id, "chart-users", title, desc, USERS_WIDTH), "")
 
     desc = "; ".join(f"{u}: {_value_label(u, totals, unpriced, measure)}" for u in shown) + "."
     if hidden:
@@ -196,7 +196,7 @@ def top_users_chart(
         if hidden
         else ""
     )
-    return _figure(id, title, desc, svg, note)
+    return _figure(id, svg, note)
 
 
 def _check_measure(measure: str) -> None:
@@ -302,7 +302,7 @@ def _legend(models: list[str], series: dict[str, int], totals, unpriced: set[str
     return f'<ul class="chart-legend" aria-label="Legend">{"".join(items)}</ul>'
 
 
-def _figure(id: str, title: str, desc: str, svg: str, after: str) -> SafeString:
+def _figure(id: str, svg: str, after: str) -> SafeString:
     # Every interpolated name above went through escape(); numbers and dates are formatted here.
     return mark_safe(
         f'<figure class="usage-chart" id="{escape(id)}"><div class="chart-scroll">{svg}</div>{after}</figure>'
