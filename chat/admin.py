@@ -346,6 +346,7 @@ class UsageEntryAdmin(ReadOnlyAdmin):
     search_fields = ["requested_by_name", "requested_by__username"]
     search_help_text = "The name of the user who asked (kept when the account is gone)."
     show_full_result_count = False
+    ordering = ["-created_at"]
 
 
 class UsageLimitInline(admin.StackedInline):
@@ -422,7 +423,7 @@ class AuditEntryAdmin(ReadOnlyAdmin):
     Reading it writes no row of its own.
     """
 
-    list_display = ["at", "actor_name", "action", "target", "ip", "request_id"]
+    list_display = ["when", "actor_name", "action", "target", "ip", "request_id"]
     list_filter = ["action", "actor_name", "at"]
     date_hierarchy = "at"
     search_fields = ["actor_name", "target_id", "detail"]
@@ -437,6 +438,11 @@ class AuditEntryAdmin(ReadOnlyAdmin):
         if request.method == "POST":
             raise PermissionDenied
         return super().changelist_view(request, extra_context)
+
+    @admin.display(description="At (UTC)", ordering="at")
+    def when(self, obj):
+        # To the second: many rows share a minute.
+        return obj.at.strftime("%Y-%m-%d %H:%M:%S")
 
     @admin.display(description="Target")
     def target(self, obj):

@@ -192,7 +192,7 @@ class UsageLimit(models.Model):
         decimal_places=4,
         null=True,
         blank=True,
-        help_text="Cost per calendar month (UTC), in CHAT_CURRENCY; empty: no cost budget.",
+        help_text="Cost per calendar month (UTC), in CHAT_CURRENCY; empty or 0: no cost budget.",
     )
 
     def __str__(self):

@@ -163,7 +163,7 @@ def message_streaming_ids(*, older_than_seconds: float = 0) -> list:
 def user_limits(*, user) -> dict:
     """The user's effective limits: their overrides, else the settings' defaults (0 = unlimited).
 
-    ``monthly_cost_budget`` (in CHAT_CURRENCY) has no team default: None = none.
+    ``monthly_cost_budget`` (in CHAT_CURRENCY) has no team default: None or 0 = none.
     """
     limits = {
         "daily_token_quota": settings.CHAT_DAILY_TOKEN_QUOTA,
@@ -206,7 +206,7 @@ def message_allowance_check(*, user) -> None:
         limits["monthly_token_budget"],
         limits["monthly_cost_budget"],
     )
-    if not quota and not token_budget and cost_budget is None:
+    if not quota and not token_budget and not cost_budget:
         return
     now = timezone.now()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -219,7 +219,8 @@ def message_allowance_check(*, user) -> None:
     )
     today, month, cost = used["today"] or 0, used["month"] or 0, used["cost"] or Decimal(0)
     over_tokens = bool(token_budget) and month >= token_budget
-    over_cost = cost_budget is not None and cost >= cost_budget
+    # 0 means none, as for every other limit.
+    over_cost = bool(cost_budget) and cost >= cost_budget
     if over_tokens or over_cost:
         next_month = (month_start + timedelta(days=32)).replace(day=1)
         retry = int((next_month - now).total_seconds()) + 1

@@ -432,3 +432,10 @@ def test_the_migration_back_fills_the_ledger_from_ended_replies(conversation, ow
     assert (rows[answered.id].total_tokens, rows[answered.id].created_at, rows[answered.id].cost) == (9, when, None)
     assert (rows[stopped.id].requested_by_name, rows[stopped.id].estimated) == ("olivia", True)
     assert (rows[stopped.id].prompt_tokens, rows[stopped.id].total_tokens) == (0, 3)
+
+
+@pytest.mark.django_db
+def test_a_cost_budget_of_zero_is_no_budget_like_every_other_limit(api, conversation, owner):
+    UsageLimit.objects.create(user=owner, monthly_cost_budget=Decimal("0"))
+    response = api(owner).post(f"/api/conversations/{conversation.id}/messages/", {"content": "still allowed"})
+    assert response.status_code == 202, response.content

@@ -582,7 +582,7 @@ def test_public_error_keeps_the_providers_words_and_drops_what_locates_or_unlock
     detail = (
         "Model gpt-4o-mini-2024-07-18 not found (Throttling.RateQuota) at https://gw.example.com/v1 "
         "host api.example.com:443, ip 10.0.0.7:8080 or [::1]:80, header 'Authorization: Bearer abc.def', "
-        "Basic dXNlcjpwYXNz, api_key=hunter22, {\"token\": \"t0k3n\"}, req 123e4567-e89b-12d3-a456-426614174000, "
+        'Basic dXNlcjpwYXNz, api_key=hunter22, {"token": "t0k3n"}, req 123e4567-e89b-12d3-a456-426614174000, '
         f"sk-proj-abc*****xyz and AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUv and the key's tail {LEAKY_KEY[5:]}"
     )
     error = public_error(
