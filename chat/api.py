@@ -11,12 +11,14 @@ import logging
 import re
 import time
 import uuid
+from datetime import UTC, datetime
 
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from . import models as chat_models
@@ -25,6 +27,7 @@ from .db import adb
 from .errors import (
     ChatError,
     Conflict,
+    Forbidden,
     InvalidInput,
     MethodNotAllowed,
     NotAuthenticated,
@@ -50,7 +53,7 @@ from .events import (
     retry_frame,
 )
 from .fanout import AccessCheck, Resync, get_hub
-from .serializers import conversation_to_dict, message_to_dict
+from .serializers import api_token_to_dict, conversation_to_dict, message_to_dict
 
 logger = logging.getLogger(__name__)
 FINAL_TYPES = set(FINAL_EVENTS.values())
@@ -71,6 +74,15 @@ def _check_method(request, methods):
     return None
 
 
+def _token_refusal(request):
+    """401 ``invalid_token`` when the request's Bearer token is unknown, revoked or expired (see ApiTokenMiddleware)."""
+    if hasattr(request, "api_token") and request.api_token is None:
+        return error_response(
+            NotAuthenticated("The API token is unknown, revoked or expired; create a new one.", code="invalid_token")
+        )
+    return None
+
+
 def api_view(*methods):
     """Wrap a sync or async API view: 405, 401 and ChatError become contract errors."""
 
@@ -79,10 +91,12 @@ def api_view(*methods):
 
             @functools.wraps(view)
             async def wrapper(request, *args, **kwargs):
-                if (response := _check_method(request, methods)) is not None:
+                if (response := _check_method(request, methods) or _token_refusal(request)) is not None:
                     return response
-                # On the shared pool: see chat.db (auser() would pin a thread to a long stream).
-                user = await adb(get_user)(request)
+                # A token's user was loaded by chat.middleware.ApiTokenMiddleware. The session's
+                # on the shared pool: see chat.db (auser() would pin a thread to a long stream).
+                token = getattr(request, "api_token", None)
+                user = token.user if token is not None else await adb(get_user)(request)
                 if not user.is_authenticated:
                     return error_response(NotAuthenticated("Log in first: this API needs a session."))
                 try:
@@ -103,7 +117,7 @@ def api_view(*methods):
 
             @functools.wraps(view)
             def wrapper(request, *args, **kwargs):
-                if (response := _check_method(request, methods)) is not None:
+                if (response := _check_method(request, methods) or _token_refusal(request)) is not None:
                     return response
                 if not request.user.is_authenticated:
                     return error_response(NotAuthenticated("Log in first: this API needs a session."))
@@ -267,6 +281,55 @@ def member_detail(request, user, conversation_id, username):
     return HttpResponse(status=204)
 
 
+# --- Personal API tokens ------------------------------------------------------
+
+TOKEN_FIELDS = {"name": str, "expires_at": str}
+
+
+def _require_session(request) -> None:
+    # A leaked token must not be able to mint tokens that outlive its revocation (docs/auth.md).
+    if getattr(request, "api_token", None) is not None:
+        raise Forbidden(
+            "API tokens are managed from a signed-in session (the API tokens page), not with a token.",
+            code="session_required",
+        )
+
+
+def parse_expiry(value: str | None) -> datetime | None:
+    """An ISO 8601 date or date-time as an aware datetime (UTC without an offset); InvalidInput if malformed."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInput(
+            "expires_at must be an ISO 8601 date or date-time, such as 2027-01-31 or 2027-01-31T17:00:00Z.",
+            code="invalid_expires_at",
+        ) from None
+    return timezone.make_aware(when, UTC) if timezone.is_naive(when) else when
+
+
+@api_view("GET", "POST")
+def tokens(request, user):
+    _require_session(request)
+    if request.method == "GET":
+        return JsonResponse({"tokens": [api_token_to_dict(t) for t in selectors.api_token_list_for_user(user=user)]})
+    data = parse_body(request, TOKEN_FIELDS, required=("name",))
+    expires_at = parse_expiry(data.get("expires_at"))
+    token, secret = services.api_token_create(user=user, name=data["name"], expires_at=expires_at, request=request)
+    return JsonResponse({**api_token_to_dict(token), "token": secret}, status=201)
+
+
+@api_view("DELETE")
+def token_detail(request, user, token_id):
+    _require_session(request)
+    token = selectors.api_token_get_for_user(user=user, token_id=token_id)
+    if services.api_token_revoke(token=token, actor=user, request=request):
+        # Streams opened with it end (access.revoked signed_out); the user's other streams go on.
+        streaming.publish_access_change(user_id=user.pk, ended_session=token.stream_credential)
+    return HttpResponse(status=204)
+
+
 @api_view("GET", "POST", "PUT", "PATCH", "DELETE")
 def not_found(request, user):
     raise NotFound("There is nothing at this address.", code="not_found")
@@ -356,7 +419,8 @@ class StreamAccess:
     """Who an event stream serves, and the credential it was opened with, to re-check at any time."""
 
     def __init__(self, request, user, conversation_id):
-        self.session_key = request.session.session_key
+        token = getattr(request, "api_token", None)
+        self.session_key = token.stream_credential if token is not None else request.session.session_key
         self.user_id = user.pk
         self.conversation_id = conversation_id
 

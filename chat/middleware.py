@@ -1,8 +1,10 @@
-"""Request middleware: a request id for every log line and response; 503 while the database is unreachable.
+"""Request middleware: a request id for every log line and response; 503 while the database is unreachable;
+API tokens (``Authorization: Bearer``) on /api/.
 
-Both classes run sync under WSGI and the test client and async under daphne
-(no thread hop), and neither touches a streaming response's body: event
-streams pass through as the views made them.
+Each class runs sync under WSGI and the test client and async under daphne
+(no thread hop but the token's one query, on the shared pool), and none
+touches a streaming response's body: event streams pass through as the views
+made them.
 """
 
 import logging
@@ -12,10 +14,13 @@ import time
 import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.contrib.auth.models import AnonymousUser
 from django.core.signals import got_request_exception
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
 
+from . import selectors, services
+from .db import adb
 from .logs import request_id
 
 logger = logging.getLogger("chat.request")
@@ -154,3 +159,66 @@ def _note_database_error(sender, request=None, **kwargs):
 
 
 got_request_exception.connect(_note_database_error, dispatch_uid="chat.middleware.database_error")
+
+
+# Longer than any secret this app makes (46 characters): not worth hashing.
+_MAX_BEARER_LENGTH = 200
+
+
+def _bearer_secret(request) -> str | None:
+    """The secret of an /api/ request's ``Authorization: Bearer`` header ("" if empty), else None."""
+    if not request.path.startswith("/api/"):
+        return None
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else None
+
+
+def _live_token(secret: str):
+    """The live ApiToken for ``secret`` (its last_used_at brought up to date), or None."""
+    if len(secret) > _MAX_BEARER_LENGTH:
+        return None
+    token = selectors.api_token_authenticate(secret=secret)
+    if token is not None:
+        services.api_token_touch(token=token)
+    return token
+
+
+class ApiTokenMiddleware(_Middleware):
+    """Authenticate /api/ requests that carry ``Authorization: Bearer <token>``: its user, no session, no CSRF.
+
+    Sets ``request.api_token`` (the live ApiToken, or None for an unknown,
+    revoked or expired one, which ``api_view`` answers with 401
+    ``invalid_token``) and ``request.user`` (its user, else anonymous),
+    ignoring any session cookie that came along, and exempts the request
+    from the CSRF check: browsers never add this header on their own, so
+    another site cannot make a request with it. Requests without the header
+    are left to the session. One query (two at most once a minute per token,
+    for ``last_used_at``), on the shared pool under daphne.
+
+    It comes after AuthenticationMiddleware, whose user it replaces; the CSRF
+    check runs in ``process_view``, after every middleware's request part.
+    """
+
+    def __call__(self, request):
+        if self.async_mode:
+            return self.__acall__(request)
+        if (secret := _bearer_secret(request)) is not None:
+            self._authenticate(request, _live_token(secret))
+        return self.get_response(request)
+
+    async def __acall__(self, request):
+        if (secret := _bearer_secret(request)) is not None:
+            self._authenticate(request, await adb(_live_token)(secret))
+        return await self.get_response(request)
+
+    @staticmethod
+    def _authenticate(request, token) -> None:
+        user = token.user if token is not None else AnonymousUser()
+        request.api_token = token
+        request.user = user
+
+        async def auser():
+            return user
+
+        request.auser = auser
+        request._dont_enforce_csrf_checks = True

@@ -329,3 +329,43 @@ class UserLegalHold(models.Model):
 
     def __str__(self):
         return f"Legal hold on {self.user}"
+
+
+API_TOKEN_NAME_MAX_LENGTH = 100
+# Every secret starts so: recognisable in a script, a config file or a secret scanner.
+API_TOKEN_SECRET_PREFIX = "tc_"
+# The secret's first characters (the prefix and 9 random ones) find its row; the rest is only hashed.
+API_TOKEN_LOOKUP_LENGTH = 12
+# An event stream opened with a token names it so where a session stream names its session key.
+API_TOKEN_CREDENTIAL_PREFIX = "token:"
+
+
+class ApiToken(models.Model):
+    """A personal API token: ``Authorization: Bearer <secret>`` acts as its user on ``/api/``.
+
+    The secret is shown once, when created; only its keyed hash is kept
+    (HMAC-SHA256 under a key derived from SECRET_KEY), found by ``lookup``.
+    A revoked token keeps its row (the admin and the audit trail name it).
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=API_TOKEN_NAME_MAX_LENGTH)
+    lookup = models.CharField(max_length=API_TOKEN_LOOKUP_LENGTH, db_index=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Written at most once a minute per token (a conditional UPDATE), not on every request.
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API token"
+        constraints = [models.CheckConstraint(condition=~Q(name=""), name="api_token_name_not_empty")]
+
+    def __str__(self):
+        return f"{self.name} ({self.lookup}…)"
+
+    @property
+    def stream_credential(self) -> str:
+        """What an event stream opened with this token is re-validated by (a session stream: its session key)."""
+        return f"{API_TOKEN_CREDENTIAL_PREFIX}{self.pk}"

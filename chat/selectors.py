@@ -1,5 +1,6 @@
 """Reads. Who may see a conversation is decided here, in ``conversation_queryset_for_user``, and nowhere else."""
 
+import hmac
 import uuid
 from datetime import date, timedelta
 from decimal import Decimal
@@ -10,11 +11,23 @@ from django.conf import settings
 from django.contrib import auth
 from django.db.models import Exists, OuterRef, Prefetch, Q, Sum
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from .db import adb
 from .errors import NotFound, RateLimited, Unprocessable
 from .events import REVOKED_DELETED, REVOKED_REMOVED, REVOKED_SIGNED_OUT
-from .models import IDEMPOTENCY_WINDOW, Conversation, IdempotencyKey, Message, ModelPrice, UsageEntry, UsageLimit
+from .models import (
+    API_TOKEN_CREDENTIAL_PREFIX,
+    API_TOKEN_LOOKUP_LENGTH,
+    IDEMPOTENCY_WINDOW,
+    ApiToken,
+    Conversation,
+    IdempotencyKey,
+    Message,
+    ModelPrice,
+    UsageEntry,
+    UsageLimit,
+)
 
 
 def conversation_queryset_for_user(*, user):
@@ -93,11 +106,16 @@ def session_user(*, session_key: str | None):
 def stream_access_lost(*, session_key: str | None, user_id, conversation_id=None) -> str | None:
     """Why an event stream opened by ``user_id`` with ``session_key`` must end now, or None if it may go on.
 
-    The reason is an ``access.revoked`` reason: signed out (the session is no
-    longer valid), deleted, or removed (the one visibility rule says no).
-    2 to 4 queries.
+    ``session_key`` is the stream's credential: a session key, or
+    ``token:<id>`` for a stream opened with an API token (``ApiToken.stream_credential``).
+    The reason is an ``access.revoked`` reason: signed out (the session or
+    token is no longer valid), deleted, or removed (the one visibility rule
+    says no). 2 to 4 queries.
     """
-    user = session_user(session_key=session_key)
+    if session_key and session_key.startswith(API_TOKEN_CREDENTIAL_PREFIX):
+        user = api_token_user(token_id=session_key.removeprefix(API_TOKEN_CREDENTIAL_PREFIX))
+    else:
+        user = session_user(session_key=session_key)
     if user is None or user.pk != user_id:
         return REVOKED_SIGNED_OUT
     if conversation_id is None or conversation_is_visible(user=user, conversation_id=conversation_id):
@@ -108,6 +126,59 @@ def stream_access_lost(*, session_key: str | None, user_id, conversation_id=None
 
 
 astream_access_lost = adb(stream_access_lost)
+
+
+def api_token_hash(secret: str) -> str:
+    """The keyed hash stored for an API token's ``secret``: HMAC-SHA256 under a key derived from SECRET_KEY."""
+    return salted_hmac("chat.ApiToken", secret, algorithm="sha256").hexdigest()
+
+
+def _live_api_tokens(now=None):
+    now = now or timezone.now()
+    return ApiToken.objects.filter(revoked_at__isnull=True, user__is_active=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    )
+
+
+def api_token_authenticate(*, secret: str) -> ApiToken | None:
+    """The live token whose secret is ``secret``, its user loaded, or None (1 query).
+
+    None for an unknown, revoked or expired token or an inactive user. The
+    stored hashes are compared in constant time (``hmac.compare_digest``),
+    and the hash is computed and compared whether or not a row was found.
+    """
+    digest = api_token_hash(secret)
+    # Normally one row: the lookup is 9 random characters of the secret.
+    candidates = list(_live_api_tokens().filter(lookup=secret[:API_TOKEN_LOOKUP_LENGTH]).select_related("user"))
+    found = [token for token in candidates if hmac.compare_digest(token.secret_hash, digest)]
+    if not candidates:
+        hmac.compare_digest(_NO_TOKEN_HASH, digest)
+    return found[0] if found else None
+
+
+# Compared against when no row matched, so that path does the same work.
+_NO_TOKEN_HASH = "0" * 64
+
+
+def api_token_user(*, token_id):
+    """The active user of the live (not revoked, not expired) token ``token_id``, or None (1 query)."""
+    token = _live_api_tokens().filter(pk=token_id).select_related("user").first() if str(token_id).isdigit() else None
+    return token.user if token is not None else None
+
+
+def api_token_get_for_user(*, user, token_id) -> ApiToken:
+    """``user``'s own token ``token_id`` if not revoked, else NotFound (also another user's or a malformed id)."""
+    token = None
+    if str(token_id).isdigit():
+        token = ApiToken.objects.filter(user=user, pk=token_id, revoked_at__isnull=True).select_related("user").first()
+    if token is None:
+        raise NotFound("No such API token.", code="token_not_found")
+    return token
+
+
+def api_token_list_for_user(*, user) -> list[ApiToken]:
+    """``user``'s tokens that are not revoked (expired ones included, marked by their date), newest first."""
+    return list(ApiToken.objects.filter(user=user, revoked_at__isnull=True).order_by("-created_at", "-id"))
 
 
 def message_list(*, conversation):

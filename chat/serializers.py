@@ -38,3 +38,14 @@ def message_to_dict(message) -> dict:
         "time_to_first_token_ms": message.time_to_first_token_ms,
         "duration_ms": message.duration_ms,
     }
+
+
+def api_token_to_dict(token) -> dict:
+    """The contract's personal API token (never its secret, which only the create answer carries)."""
+    return {
+        "id": token.pk,
+        "name": token.name,
+        "created_at": _iso(token.created_at),
+        "expires_at": _iso(token.expires_at),
+        "last_used_at": _iso(token.last_used_at),
+    }

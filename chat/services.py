@@ -4,8 +4,9 @@ Services never publish events themselves: they return what changed and the
 caller (``chat.api`` / ``chat.streaming``) publishes, after the commit.
 """
 
+import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -16,8 +17,20 @@ from django.utils import timezone
 
 from .audit import audit_record
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited
-from .models import IDEMPOTENCY_WINDOW, AuditEntry, Conversation, IdempotencyKey, Message, UsageEntry, UserLegalHold
-from .selectors import message_history_for_generation, model_price_on, usage_cost
+from .models import (
+    API_TOKEN_LOOKUP_LENGTH,
+    API_TOKEN_NAME_MAX_LENGTH,
+    API_TOKEN_SECRET_PREFIX,
+    IDEMPOTENCY_WINDOW,
+    ApiToken,
+    AuditEntry,
+    Conversation,
+    IdempotencyKey,
+    Message,
+    UsageEntry,
+    UserLegalHold,
+)
+from .selectors import api_token_hash, message_history_for_generation, model_price_on, usage_cost
 from .tokens import estimate_usage
 
 # Conversations deleted per statement by a purge (SQLite takes at most 32,766 parameters a query).
@@ -555,3 +568,80 @@ def usage_record(*, message, at) -> UsageEntry:
         currency=price.currency if price else "",
         created_at=at,
     )
+
+
+# last_used_at is written at most this often per token: a script's every call must not be a write.
+API_TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+@transaction.atomic
+def api_token_create(*, user, name: str, expires_at: datetime | None = None, request=None) -> tuple[ApiToken, str]:
+    """Create a personal API token for ``user``; returns it and its secret, which is not stored anywhere.
+
+    Only the secret's keyed hash and its first characters (the lookup) are
+    kept. Writes a ``token_created`` audit row. Raises InvalidInput for an
+    empty or too long name (``empty_name``, ``too_long``) or an expiry that
+    is not in the future (``expires_in_past``).
+    """
+    name = name.strip()
+    if not name:
+        raise InvalidInput("Give the token a name, such as the script or machine that will use it.", code="empty_name")
+    if len(name) > API_TOKEN_NAME_MAX_LENGTH:
+        raise InvalidInput(
+            f"The name is too long: {len(name)} characters, at most {API_TOKEN_NAME_MAX_LENGTH}.", code="too_long"
+        )
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidInput("The expiry date must be in the future.", code="expires_in_past")
+    secret = API_TOKEN_SECRET_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        user=user,
+        name=name,
+        lookup=secret[:API_TOKEN_LOOKUP_LENGTH],
+        secret_hash=api_token_hash(secret),
+        expires_at=expires_at,
+    )
+    audit_record(
+        actor=user,
+        action=AuditEntry.Action.TOKEN_CREATED,
+        target_type="api_token",
+        target_id=token.pk,
+        request=request,
+        detail={"name": token.name, "lookup": token.lookup, "expires_at": expires_at and expires_at.isoformat()},
+    )
+    return token, secret
+
+
+@transaction.atomic
+def api_token_revoke(*, token: ApiToken, actor, request=None) -> bool:
+    """Revoke ``token`` (its owner, or an admin as ``actor``): it stops working at once.
+
+    Sets ``revoked_at`` unless already set (False then, nothing written) and
+    writes a ``token_revoked`` audit row. The caller then ends the streams
+    opened with it: ``streaming.publish_access_change(user_id=token.user_id,
+    ended_session=token.stream_credential)``.
+    """
+    now = timezone.now()
+    if not ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now):
+        return False
+    token.revoked_at = now
+    audit_record(
+        actor=actor,
+        action=AuditEntry.Action.TOKEN_REVOKED,
+        target_type="api_token",
+        target_id=token.pk,
+        request=request,
+        detail={"name": token.name, "lookup": token.lookup, "owner": token.user.get_username()},
+    )
+    return True
+
+
+def api_token_touch(*, token: ApiToken) -> None:
+    """Record that ``token`` was used now, if its ``last_used_at`` is older than a minute (or unset).
+
+    One conditional UPDATE, so processes racing on the same token write once.
+    """
+    now = timezone.now()
+    if token.last_used_at is not None and now - token.last_used_at < API_TOKEN_TOUCH_INTERVAL:
+        return
+    stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - API_TOKEN_TOUCH_INTERVAL)
+    ApiToken.objects.filter(stale, pk=token.pk).update(last_used_at=now)

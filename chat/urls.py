@@ -15,6 +15,8 @@ urlpatterns = [
     path("api/conversations/<str:conversation_id>/messages/", api.messages),
     path("api/conversations/<str:conversation_id>/messages/<str:message_id>/stop/", api.message_stop),
     path("api/conversations/<str:conversation_id>/events/", api.events),
+    path("api/tokens/", api.tokens),
+    path("api/tokens/<str:token_id>/", api.token_detail),
     # Anything else under /api/ is a JSON 404, not an HTML page.
     re_path(r"^api/", api.not_found),
 ]
