@@ -146,6 +146,45 @@ AXES_LOCKOUT_CALLABLE = "chat.lockout.lockout_response"
 # X-Forwarded-For is never read here, even if django-ipware gets installed.
 AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
 
+# --- OpenID Connect sign-in (docs/auth.md), only when OIDC_ISSUER is set ------
+# mozilla-django-oidc does the protocol; chat/oidc.py adds discovery (the
+# endpoints come from OIDC_ISSUER/.well-known/openid-configuration), the ID
+# token's audience and issuer checks, and the claim rules below.
+OIDC_ISSUER = env("OIDC_ISSUER", default="")
+OIDC_PROVIDER_NAME = env("OIDC_PROVIDER_NAME", default="your company account")
+# false: only superusers may sign in with a password (the break-glass way in).
+PASSWORD_LOGIN = env.bool("PASSWORD_LOGIN", default=True)
+if not PASSWORD_LOGIN and not OIDC_ISSUER:
+    raise ImproperlyConfigured("PASSWORD_LOGIN=false needs OIDC_ISSUER: nobody but superusers could sign in.")
+if OIDC_ISSUER:
+    OIDC_RP_CLIENT_ID = env("OIDC_CLIENT_ID", default="")
+    OIDC_RP_CLIENT_SECRET = env("OIDC_CLIENT_SECRET", default="")
+    if not OIDC_RP_CLIENT_ID or not OIDC_RP_CLIENT_SECRET:
+        raise ImproperlyConfigured("OIDC_ISSUER is set: OIDC_CLIENT_ID and OIDC_CLIENT_SECRET are required.")
+    OIDC_RP_SCOPES = env("OIDC_SCOPES", default="openid email profile")
+    OIDC_USERNAME_CLAIM = env("OIDC_USERNAME_CLAIM", default="preferred_username")
+    OIDC_ALLOWED_EMAIL_DOMAINS = [
+        domain.strip().lower().lstrip("@") for domain in env.list("OIDC_ALLOWED_EMAIL_DOMAINS", default=[])
+    ]
+    OIDC_GROUPS_CLAIM = env("OIDC_GROUPS_CLAIM", default="groups")
+    # Re-read at every sign-in; unset: is_staff / is_superuser are left as the admin set them.
+    OIDC_STAFF_GROUPS = env.list("OIDC_STAFF_GROUPS", default=[])
+    OIDC_SUPERUSER_GROUPS = env.list("OIDC_SUPERUSER_GROUPS", default=[])
+    OIDC_CREATE_USERS = env.bool("OIDC_CREATE_USERS", default=True)
+    OIDC_RP_SIGN_ALGO = "RS256"
+    OIDC_USE_PKCE = True
+    OIDC_PKCE_CODE_CHALLENGE_METHOD = "S256"
+    OIDC_VERIFY_SSL = True
+    # Seconds for each request to the provider (the library's default waits for ever).
+    OIDC_TIMEOUT = 10
+    # A page load this long after an OIDC sign-in asks the provider again (prompt=none).
+    OIDC_RENEW_ID_TOKEN_EXPIRY_SECONDS = env.int("OIDC_SESSION_REFRESH_SECONDS", default=900)
+    AUTHENTICATION_BACKENDS.append("chat.oidc.OIDCBackend")
+    # After auth: it needs the session's user.
+    MIDDLEWARE.insert(
+        MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1, "chat.oidc.SessionRefresh"
+    )
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
