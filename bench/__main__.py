@@ -1,4 +1,4 @@
-"""``python -m bench [fanout] [ttft] [capacity] [writes] [memory] [--quick] [--no-doc] [--postgres]``"""
+"""``python -m bench [fanout] [ttft] [capacity] [writes] [memory] [slowreader] [--quick] [--no-doc] [--postgres]``"""
 
 from __future__ import annotations
 
@@ -8,12 +8,19 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from . import capacity, fanout, first_token, memory, report, writes
+from . import capacity, fanout, first_token, memory, report, slowreader, writes
 from .deployment import Deployment, raise_fd_limit
 
 # In the order of docs/benchmarks.md; RUN_ORDER measures time to first token first, on a quiet deployment.
-SCENARIOS = {"fanout": fanout, "ttft": first_token, "capacity": capacity, "writes": writes, "memory": memory}
-RUN_ORDER = ("ttft", "fanout", "capacity", "writes", "memory")
+SCENARIOS = {
+    "fanout": fanout,
+    "ttft": first_token,
+    "capacity": capacity,
+    "writes": writes,
+    "memory": memory,
+    "slowreader": slowreader,
+}
+RUN_ORDER = ("ttft", "fanout", "capacity", "writes", "memory", "slowreader")
 
 
 def parse_args(argv):
