@@ -18,9 +18,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator, smart_split, unescape_string_literal
 
-from . import admin_reports, admin_retention, selectors
+from . import admin_reports, admin_retention, selectors, services, streaming
 from .audit import audit_record
-from .models import AuditEntry, Conversation, Message, ModelPrice, UsageEntry, UsageLimit
+from .models import ApiToken, AuditEntry, Conversation, Message, ModelPrice, UsageEntry, UsageLimit
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -414,6 +414,41 @@ class UserAdminWithLimits(admin_retention.RetentionPermission, UserAdmin):
 
 admin.site.unregister(User)
 admin.site.register(User, UserAdminWithLimits)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(ReadOnlyAdmin):
+    """Everyone's personal API tokens: see them and revoke them (audited); a secret is never shown, not even hashed.
+
+    No add, change or delete: a token is made by its owner (its secret goes
+    to them alone), and a revoked one keeps its row for the audit trail.
+    """
+
+    list_display = ["name", "user", "lookup_prefix", "created_at", "expires_at", "last_used_at", "revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter), "created_at", "last_used_at"]
+    list_select_related = ["user"]
+    search_fields = ["name", "user__username", "lookup"]
+    search_help_text = "Token name, username, or the token's first characters (tc_…)."
+    ordering = ["-created_at", "-id"]
+    fields = ["name", "user", "lookup_prefix", "created_at", "expires_at", "last_used_at", "revoked_at"]
+    readonly_fields = fields
+    actions = ["revoke"]
+
+    @admin.display(description="Starts with", ordering="lookup")
+    def lookup_prefix(self, obj):
+        return f"{obj.lookup}…"
+
+    def has_revoke_permission(self, request):
+        return request.user.has_perm("chat.change_apitoken")
+
+    @admin.action(description="Revoke the selected tokens", permissions=["revoke"])
+    def revoke(self, request, queryset):
+        revoked = 0
+        for token in queryset.filter(revoked_at__isnull=True).select_related("user"):
+            if services.api_token_revoke(token=token, actor=request.user, request=request):
+                streaming.publish_access_change(user_id=token.user_id, ended_session=token.stream_credential)
+                revoked += 1
+        self.message_user(request, f"Revoked {revoked} token{'s' if revoked != 1 else ''}.")
 
 
 @admin.register(AuditEntry)

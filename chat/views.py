@@ -6,6 +6,7 @@ import logging
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
@@ -13,10 +14,12 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.utils import load_backend
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views import defaults
+from django.views.decorators.http import require_POST
 
-from . import selectors
-from .api import available_models
+from . import selectors, services, streaming
+from .api import available_models, parse_expiry
 from .errors import ChatError, Forbidden, InvalidInput, NotFound
 from .eventlog import get_event_log
 from .serializers import conversation_to_dict, message_to_dict
@@ -57,6 +60,45 @@ def _shell(request, *, conversation=None):
 @login_required
 def home(request):
     return _shell(request)
+
+
+@login_required
+def api_tokens_page(request):
+    """The person's API tokens: create one (its secret shown this once), see them, revoke one.
+
+    A POST that creates answers with the page itself, not a redirect: the
+    secret is never stored, so it cannot be shown after a redirect.
+    """
+    form, secret, error = {"name": "", "expires_on": ""}, None, None
+    if request.method == "POST":
+        form = {"name": request.POST.get("name", ""), "expires_on": request.POST.get("expires_on", "").strip()}
+        try:
+            expires_at = parse_expiry(form["expires_on"] or None)
+            _, secret = services.api_token_create(
+                user=request.user, name=form["name"], expires_at=expires_at, request=request
+            )
+            form = {"name": "", "expires_on": ""}
+        except InvalidInput as exc:
+            error = exc.message
+    tokens = selectors.api_token_list_for_user(user=request.user)
+    context = {"tokens": tokens, "form": form, "secret": secret, "error": error, "now": timezone.now()}
+    response = render(request, "chat/api_tokens.html", context, status=400 if error else 200)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def api_token_revoke(request, token_id):
+    """Revoke one of the person's tokens (404 for anyone else's) and end the streams opened with it."""
+    try:
+        token = selectors.api_token_get_for_user(user=request.user, token_id=token_id)
+    except NotFound:
+        raise Http404("No such API token.") from None
+    if services.api_token_revoke(token=token, actor=request.user, request=request):
+        streaming.publish_access_change(user_id=token.user_id, ended_session=token.stream_credential)
+        messages.success(request, f"Revoked “{token.name}”: it no longer works.")
+    return redirect("api_tokens")
 
 
 @login_required

@@ -346,6 +346,88 @@ def test_a_token_streams_access_is_rechecked_by_its_token(owner, member):
     assert lost(theirs.stream_credential) == "signed_out"
 
 
+# --- the page and the admin ---------------------------------------------------------------
+
+PAGE = "/settings/tokens/"
+
+
+def test_the_page_creates_shows_the_secret_once_and_revokes(client, owner):
+    client.force_login(owner)
+    assert 'href="/settings/tokens/"' in client.get("/").content.decode()  # linked from the top bar
+    assert "You have no API tokens." in client.get(PAGE).content.decode()
+
+    created = client.post(PAGE, {"name": "notebook", "expires_on": "2099-02-01"})
+    page = created.content.decode()
+    assert created.status_code == 200 and created["Cache-Control"] == "no-store"
+    token = ApiToken.objects.get()
+    secret = page.split('id="new-token" value="')[1].split('"')[0]
+    assert secret.startswith(token.lookup) and selectors.api_token_hash(secret) == token.secret_hash
+    assert token.expires_at == datetime(2099, 2, 1, tzinfo=UTC)
+    assert bearer(secret).get("/api/models/").status_code == 200
+    # Never again: the list shows its name and first characters only.
+    again = client.get(PAGE).content.decode()
+    assert secret not in again and "notebook" in again and f"{token.lookup}…" in again
+
+    revoked = client.post(f"{PAGE}{token.pk}/revoke/", follow=True)
+    assert "Revoked “notebook”" in revoked.content.decode()
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    assert [row.action for row in AuditEntry.objects.order_by("id")] == ["token_created", "token_revoked"]
+
+
+def test_the_page_shows_what_is_wrong(client, owner, member):
+    client.force_login(owner)
+    for data, words in (
+        ({"name": " "}, "Give the token a name"),
+        ({"name": "x", "expires_on": "2001-01-01"}, "must be in the future"),
+        ({"name": "x", "expires_on": "soon"}, "ISO 8601"),
+    ):
+        response = client.post(PAGE, data)
+        assert response.status_code == 400 and words in response.content.decode()
+    assert not ApiToken.objects.exists()
+    # Someone else's token cannot be revoked from here; nor by a GET.
+    theirs, _ = make_token(member)
+    assert client.post(f"{PAGE}{theirs.pk}/revoke/").status_code == 404
+    mine, _ = make_token(owner)
+    assert client.get(f"{PAGE}{mine.pk}/revoke/").status_code == 405
+    assert not ApiToken.objects.filter(revoked_at__isnull=False).exists()
+
+
+def test_admins_see_and_revoke_anyones_tokens_but_never_a_secret(client, owner, member, django_user_model):
+    root = django_user_model.objects.create_superuser("root", password="pw-root-123", email="")
+    client.force_login(root)
+    token, secret = make_token(owner, name="ci runner")
+    kept, _ = make_token(member, name="kept")
+
+    listing = client.get("/admin/chat/apitoken/").content.decode()
+    assert "ci runner" in listing and "olivia" in listing and f"{token.lookup}…" in listing
+    detail = client.get(f"/admin/chat/apitoken/{token.pk}/change/").content.decode()
+    assert secret[12:] not in listing + detail and token.secret_hash not in listing + detail
+    assert client.get("/admin/chat/apitoken/add/").status_code == 403
+
+    response = client.post("/admin/chat/apitoken/", {"action": "revoke", "_selected_action": [token.pk]}, follow=True)
+    assert "Revoked 1 token." in response.content.decode()
+    token.refresh_from_db()
+    kept.refresh_from_db()
+    assert token.revoked_at is not None and kept.revoked_at is None
+    entry = AuditEntry.objects.get(action="token_revoked")
+    assert (entry.actor, entry.target_id, entry.detail["owner"]) == (root, str(token.pk), "olivia")
+    assert bearer(secret).get("/api/models/").status_code == 401
+
+
+def test_staff_without_the_permission_cannot_revoke(client, owner, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user("sam", password="pw-sam-12345", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_apitoken"))
+    client.force_login(staff)
+    token, _ = make_token(owner)
+    assert client.get("/admin/chat/apitoken/").status_code == 200
+    client.post("/admin/chat/apitoken/", {"action": "revoke", "_selected_action": [token.pk]})
+    token.refresh_from_db()
+    assert token.revoked_at is None
+
+
 # --- over real sockets: two daphne processes on one Redis ----------------------------------
 
 SLOW = "fake:chunks=400;interval_ms=25"
