@@ -244,7 +244,11 @@ def test_env_example_shows_the_settings_defaults_for_tuning():
     defaults = settings_variables()
     for number, name, value, commented in env_example_lines():
         if commented and (name.startswith("CHAT_") or name.endswith("_TIMEOUT")):
-            expected = float(defaults[name].replace("_", ""))
+            default = defaults[name]
+            if default[:1] in "'\"":  # a text setting, e.g. CHAT_CURRENCY
+                assert value == default.strip("'\""), f".env.example line {number}: {name}={value}; default {default}"
+                continue
+            expected = float(default.replace("_", ""))
             assert float(value) == expected, (
                 f".env.example line {number}: {name}={value}; base.py's default: {expected}"
             )
