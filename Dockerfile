@@ -18,6 +18,17 @@ WORKDIR /app
 # Requirements before the code, so a code change reuses the installed layer.
 COPY requirements/ requirements/
 RUN pip install -r requirements/production.txt
+# LDAP sign-in (requirements/ldap.txt, used when LDAP_SERVER_URI is set): python-ldap
+# compiles against OpenLDAP. The compiler and headers go away in this same layer;
+# the libraries its module links to are kept (marked manual before the autoremove).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libldap2-dev libsasl2-dev \
+ && pip install -r requirements/ldap.txt \
+ && find /usr/local/lib/python3.11/site-packages -name '_ldap*.so' -exec ldd {} + \
+    | awk '/=>/ { so = $(NF-1); if (index(so, "/usr/local/") == 1) next; gsub("^/(usr/)?", "", so); print "*" so }' \
+    | sort -u | xargs -r dpkg-query --search | cut -d: -f1 | sort -u | xargs -r apt-mark manual \
+ && apt-get purge -y --auto-remove gcc libc6-dev libldap2-dev libsasl2-dev \
+ && rm -rf /var/lib/apt/lists/*
 
 COPY . .
 

@@ -10,7 +10,7 @@ PORT ?= 8000
 POSTGRES_URL ?=
 export POSTGRES_URL
 
-.PHONY: run test test-deps test-postgres setup install migrate admin bench lint format check-deploy clean
+.PHONY: run test test-deps test-postgres setup install install-ldap migrate admin bench lint format check-deploy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ $(VENV)/.installed: $(BIN)/python requirements/base.txt requirements/dev.txt
 
 install: $(VENV)/.installed
 
+# LDAP sign-in's optional requirements: python-ldap compiles against OpenLDAP's
+# headers (scripts/test-deps installs them), so `make run` does not need them.
+$(VENV)/.installed-ldap: $(VENV)/.installed requirements/ldap.txt
+	$(BIN)/pip install --quiet -r requirements/ldap.txt
+	touch $@
+
+install-ldap: $(VENV)/.installed-ldap
+
 setup: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py ensure_admin
@@ -30,8 +38,8 @@ setup: install
 run: setup
 	$(BIN)/python manage.py serve -b $(HOST) -p $(PORT)
 
-## test: the whole suite, after scripts/test-deps installs the servers it runs (redis-server, chromium, nginx, PostgreSQL)
-test: test-deps install
+## test: the whole suite, after scripts/test-deps installs the servers it runs (redis-server, chromium, nginx, PostgreSQL, slapd)
+test: test-deps install install-ldap
 	$(BIN)/python -m pytest
 
 ## test-deps: install the servers the suite runs when missing (as root with apt; otherwise prints the command)
@@ -39,7 +47,7 @@ test-deps:
 	scripts/test-deps
 
 ## test-postgres: the same suite on PostgreSQL: POSTGRES_URL, else the local cluster (pytest-django creates test_<name> there)
-test-postgres: test-deps install
+test-postgres: test-deps install install-ldap
 	url="$$POSTGRES_URL"; [ -n "$$url" ] || url=$$(scripts/test-deps --postgres) || exit 1; \
 	DATABASE_URL="$$url" $(BIN)/python -m pytest
 

@@ -52,7 +52,7 @@ def _url_password(url: str) -> str:
 
 
 def configured_secrets() -> list[str]:
-    """The values no log line may show: LLM_API_KEY, SECRET_KEY, the database, Redis and SMTP passwords."""
+    """The values no log line may show: LLM_API_KEY, SECRET_KEY, the database, Redis, SMTP and LDAP bind passwords."""
     from django.conf import settings
 
     if not settings.configured:
@@ -63,6 +63,7 @@ def configured_secrets() -> list[str]:
         *getattr(settings, "SECRET_KEY_FALLBACKS", []),
         _url_password(getattr(settings, "REDIS_URL", "")),
         getattr(settings, "EMAIL_HOST_PASSWORD", ""),
+        getattr(settings, "AUTH_LDAP_BIND_PASSWORD", ""),
     ]
     for database in getattr(settings, "DATABASES", {}).values():
         values.append(database.get("PASSWORD") or "")

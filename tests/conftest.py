@@ -280,6 +280,29 @@ def postgres_server():
     server.remove()
 
 
+# --- a real OpenLDAP directory --------------------------------------------------
+
+
+def start_ldap_server(**options):
+    """A started ``tests.ldapserver.LdapServer``; the test fails, naming what to install, without slapd."""
+    from tests.ldapserver import INSTALL, LdapServer, missing_binaries
+
+    missing = missing_binaries()
+    if missing:
+        pytest.fail(
+            f"OpenLDAP is not installed ({', '.join(missing)} missing): this test runs slapd. {INSTALL}", pytrace=False
+        )
+    return LdapServer(**options).start()
+
+
+@pytest.fixture(scope="session")
+def ldap_server():
+    """slapd on a loopback port with the test directory (tests/ldapserver.py); tests add their own people."""
+    server = start_ldap_server()
+    yield server
+    server.stop()
+
+
 # --- real daphne processes sharing one database and one Redis -----------------
 
 

@@ -146,6 +146,80 @@ AXES_LOCKOUT_CALLABLE = "chat.lockout.lockout_response"
 # X-Forwarded-For is never read here, even if django-ipware gets installed.
 AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
 
+# Sign-in against an LDAP directory / Active Directory (docs/auth.md), only
+# when LDAP_SERVER_URI is set. django-auth-ldap and python-ldap are the
+# optional requirements/ldap.txt, imported only then.
+LDAP_SERVER_URI = env("LDAP_SERVER_URI", default="")
+if LDAP_SERVER_URI:
+    try:
+        import ldap
+        from django_auth_ldap.config import ActiveDirectoryGroupType, GroupOfNamesType, LDAPSearch, PosixGroupType
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            "LDAP_SERVER_URI is set but django-auth-ldap is not installed: pip install -r requirements/ldap.txt "
+            "(python-ldap compiles: apt-get install gcc python3-dev libldap2-dev libsasl2-dev)."
+        ) from exc
+
+    def _group_dns(value: str) -> list[str]:
+        # DNs contain commas, so a list of them is separated by semicolons.
+        return [dn.strip() for dn in value.split(";") if dn.strip()]
+
+    LDAP_GROUP_TYPES = {
+        "groupOfNames": (GroupOfNamesType, "(objectClass=groupOfNames)"),
+        "posixGroup": (PosixGroupType, "(objectClass=posixGroup)"),
+        "activeDirectory": (ActiveDirectoryGroupType, "(objectClass=group)"),
+    }
+    LDAP_GROUP_TYPE = env("LDAP_GROUP_TYPE", default="groupOfNames")
+    if LDAP_GROUP_TYPE not in LDAP_GROUP_TYPES:
+        raise ImproperlyConfigured(
+            f"LDAP_GROUP_TYPE must be one of {', '.join(LDAP_GROUP_TYPES)}, not {LDAP_GROUP_TYPE!r}."
+        )
+    LDAP_USER_SEARCH_BASE = env("LDAP_USER_SEARCH_BASE", default="")
+    if not LDAP_USER_SEARCH_BASE:
+        raise ImproperlyConfigured(
+            "LDAP_SERVER_URI is set: LDAP_USER_SEARCH_BASE (e.g. ou=people,dc=example,dc=org) is required."
+        )
+    AUTH_LDAP_SERVER_URI = LDAP_SERVER_URI
+    AUTH_LDAP_BIND_DN = env("LDAP_BIND_DN", default="")
+    AUTH_LDAP_BIND_PASSWORD = env("LDAP_BIND_PASSWORD", default="")
+    AUTH_LDAP_START_TLS = env.bool("LDAP_START_TLS", default=False)
+    AUTH_LDAP_USER_SEARCH = LDAPSearch(
+        LDAP_USER_SEARCH_BASE, ldap.SCOPE_SUBTREE, env("LDAP_USER_FILTER", default="(uid=%(user)s)")
+    )
+    AUTH_LDAP_USER_ATTR_MAP = {
+        "first_name": env("LDAP_ATTR_FIRST_NAME", default="givenName"),
+        "last_name": env("LDAP_ATTR_LAST_NAME", default="sn"),
+        "email": env("LDAP_ATTR_EMAIL", default="mail"),
+    }
+    group_type, group_filter = LDAP_GROUP_TYPES[LDAP_GROUP_TYPE]
+    AUTH_LDAP_GROUP_TYPE = group_type()
+    LDAP_GROUP_SEARCH_BASE = env("LDAP_GROUP_SEARCH_BASE", default="")
+    if LDAP_GROUP_SEARCH_BASE:
+        AUTH_LDAP_GROUP_SEARCH = LDAPSearch(LDAP_GROUP_SEARCH_BASE, ldap.SCOPE_SUBTREE, group_filter)
+    # Names, email and the flags below are re-read from the directory at every sign-in.
+    AUTH_LDAP_ALWAYS_UPDATE_USER = True
+    # Superusers are staff too (the admin site lets in staff only).
+    LDAP_STAFF_GROUPS = _group_dns(env("LDAP_STAFF_GROUPS", default=""))
+    LDAP_SUPERUSER_GROUPS = _group_dns(env("LDAP_SUPERUSER_GROUPS", default=""))
+    AUTH_LDAP_USER_FLAGS_BY_GROUP = {
+        flag: groups
+        for flag, groups in (
+            ("is_staff", LDAP_STAFF_GROUPS + LDAP_SUPERUSER_GROUPS),
+            ("is_superuser", LDAP_SUPERUSER_GROUPS),
+        )
+        if groups
+    }
+    AUTH_LDAP_REQUIRE_GROUP = env("LDAP_REQUIRE_GROUP", default="") or None
+    # A directory that does not answer fails the sign-in in seconds, not in minutes;
+    # no referral chasing (Active Directory's referrals need a second bind).
+    AUTH_LDAP_CONNECTION_OPTIONS = {ldap.OPT_NETWORK_TIMEOUT: 5, ldap.OPT_TIMEOUT: 10, ldap.OPT_REFERRALS: 0}
+    LDAP_TLS_CA_FILE = env("LDAP_TLS_CA_FILE", default="")
+    if LDAP_TLS_CA_FILE:
+        # NEWCTX last: it makes libldap take the CA file set just before.
+        AUTH_LDAP_CONNECTION_OPTIONS |= {ldap.OPT_X_TLS_CACERTFILE: LDAP_TLS_CA_FILE, ldap.OPT_X_TLS_NEWCTX: 0}
+    # Right after the throttling backend, which counts LDAP sign-ins as any other.
+    AUTHENTICATION_BACKENDS.insert(1, "chat.directory.DirectoryBackend")
+
 # --- OpenID Connect sign-in (docs/auth.md), only when OIDC_ISSUER is set ------
 # mozilla-django-oidc does the protocol; chat/oidc.py adds discovery (the
 # endpoints come from OIDC_ISSUER/.well-known/openid-configuration), the ID
@@ -319,6 +393,8 @@ LOGGING = {
         "httpcore": {"level": "WARNING"},
         # axes: failures and lockouts (WARNING) yes, a start-up banner in every manage.py output no.
         "axes": {"level": "WARNING"},
+        # django-auth-ldap: directory errors (WARNING) yes, "Populating Django user" at every sign-in no.
+        "django_auth_ldap": {"level": "WARNING"},
     },
 }
 # Opt-in, off by default: every SQL statement at DEBUG (Django logs them only
