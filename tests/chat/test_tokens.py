@@ -533,3 +533,11 @@ def test_the_documented_script_prints_the_reply_as_stored(live):
     reply = messages[-1]
     assert (reply["role"], reply["status"]) == ("assistant", "complete")
     assert reply["content"] and run.stdout == reply["content"] + "\n"
+
+
+def test_the_api_doc_shows_exactly_the_tested_script():
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs" / "api.md").read_text()
+    shown = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    assert shown == (ROOT / "docs" / "examples" / "stream_reply.py").read_text()
