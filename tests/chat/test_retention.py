@@ -30,7 +30,8 @@ DAY = timedelta(days=1)
 def shared(owner, member):
     conversation = services.conversation_create(owner=owner, title="Merger plans", model="demo")
     conversation.members.add(member)
-    services.message_submit(conversation=conversation, author=owner, content="the secret plan", model="demo")
+    _, reply = services.message_submit(conversation=conversation, author=owner, content="the secret plan", model="demo")
+    services.message_finish(message_id=reply.id, status="complete", content="noted", reasoning="", seq=1)
     return conversation
 
 
