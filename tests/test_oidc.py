@@ -336,3 +336,14 @@ def expire_id_token(stack, session_key):
         "from django.contrib.sessions.backends.db import SessionStore\n"
         f"s = SessionStore({session_key!r}); s['oidc_id_token_expiration'] = 0; s.save()\n",
     )
+
+
+def test_deactivating_an_oidc_account_here_ends_its_sessions(oidc):
+    client, _ = sign_in(oidc.main, "ivy")
+    assert signed_in_as(client) == "ivy"
+    oidc.stack.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User\nUser.objects.filter(username='ivy').update(is_active=False)",
+    )
+    assert signed_in_as(client) is None
