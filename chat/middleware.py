@@ -161,8 +161,9 @@ def _note_database_error(sender, request=None, **kwargs):
 got_request_exception.connect(_note_database_error, dispatch_uid="chat.middleware.database_error")
 
 
-# Longer than any secret this app makes (46 characters): not worth hashing.
-_MAX_BEARER_LENGTH = 200
+# What a secret this app makes looks like (token_urlsafe's alphabet, 46 characters): anything
+# else is refused before the database sees it (PostgreSQL rejects a NUL in a query, say).
+_SECRET_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
 def _bearer_secret(request) -> str | None:
@@ -175,7 +176,7 @@ def _bearer_secret(request) -> str | None:
 
 def _live_token(secret: str):
     """The live ApiToken for ``secret`` (its last_used_at brought up to date), or None."""
-    if len(secret) > _MAX_BEARER_LENGTH:
+    if not _SECRET_SHAPE.fullmatch(secret):
         return None
     token = selectors.api_token_authenticate(secret=secret)
     if token is not None:

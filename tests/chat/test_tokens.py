@@ -8,7 +8,7 @@ from django.test import Client
 from django.utils import timezone
 
 from chat import selectors, services
-from chat.models import ApiToken, AuditEntry, Message, UsageEntry
+from chat.models import ApiToken, AuditEntry, UsageEntry
 from tests.chat.test_limits import add_exchange
 
 pytestmark = pytest.mark.django_db
@@ -192,12 +192,24 @@ def _right_lookup_wrong_rest(owner):
         lambda owner: "tc_" + "x" * 43,
         lambda owner: "",
         lambda owner: "tc_" + "y" * 500,
+        lambda owner: "tc_\x00" + "n" * 42,
+        lambda owner: "tc_é" + "n" * 42,
         _expired,
         _revoked,
         _inactive,
         _right_lookup_wrong_rest,
     ],
-    ids=["unknown", "empty", "huge", "expired", "revoked", "inactive-user", "right-lookup-wrong-rest"],
+    ids=[
+        "unknown",
+        "empty",
+        "huge",
+        "nul",
+        "latin-1",
+        "expired",
+        "revoked",
+        "inactive-user",
+        "right-lookup-wrong-rest",
+    ],
 )
 def test_unknown_revoked_or_expired_tokens_get_401(owner, secret_of):
     secret = secret_of(owner)
@@ -297,7 +309,6 @@ def test_a_token_users_rate_limit_is_the_users(api, owner, settings):
     _, secret = make_token(owner)
     path = f"/api/conversations/{conversation.id}/messages/"
     add_exchange(conversation, owner)  # one through the session (or anywhere) counts
-    Message.objects.filter(status="streaming").delete()
 
     first = bearer(secret).post(path, {"content": "one"}, content_type="application/json")
     assert first.status_code == 202, first.content
