@@ -201,8 +201,8 @@ def test_keyboard_enter_sends_shift_enter_adds_a_line(open_page, live):
     expect(page.locator("li.message.user .message-content")).to_have_text("first line\nsecond line")
 
     # Every control is labelled, and Tab reaches them in reading order.
-    for label in ("Filter conversations by title", "Message"):
-        expect(page.get_by_label(label)).to_be_visible()
+    for label in ("Search conversations (titles and messages)", "Message"):
+        expect(page.get_by_label(label, exact=True)).to_be_visible()
     page.locator(".skip-link").focus()
     order = []
     for _ in range(40):
@@ -298,10 +298,13 @@ def test_failed_reply_shows_the_error_and_retries(open_page, live):
     assert stored[1]["status"] == "failed"
     expect(error).to_contain_text(stored[1]["error"]["message"])
     screenshot(page, "error")
+    # Retry is a regenerate: a second reply beside the first, never a second copy of the question.
     error.get_by_role("button", name="Retry").click()
-    wait_final(page, "failed", count=2)
+    expect(last_assistant(page).locator(".switcher-position")).to_have_text("2 / 2")
+    wait_final(page, "failed")
     stored = live.conversation("olivia", conversation_id)["messages"]
-    assert [m["content"] for m in stored if m["role"] == "user"] == ["please fail", "please fail"]
+    assert [m["content"] for m in stored if m["role"] == "user"] == ["please fail"]
+    assert [m["parent"] for m in stored if m["role"] == "assistant"] == [stored[0]["id"]] * 2
 
 
 def test_reasoning_is_collapsed_above_the_answer(open_page, live):
@@ -475,12 +478,12 @@ def test_sidebar_new_rename_filter_delete(open_page, live):
     assert ids.index(second) < ids.index(first)  # newest first
     assert live.conversation("max", first)["title"] == "Budget 2027"
 
-    page.get_by_label("Filter conversations by title").fill("budg")
+    page.get_by_label("Search conversations").fill("budg")
     expect(links).to_have_count(1)
     expect(links.first).to_contain_text("Budget 2027")
-    page.get_by_label("Filter conversations by title").fill("no such title")
+    page.get_by_label("Search conversations").fill("no such title")
     expect(page.locator("#conversation-list-nomatch")).to_be_visible()
-    page.get_by_label("Filter conversations by title").fill("")
+    page.get_by_label("Search conversations").fill("")
 
     # Delete asks first; Cancel keeps the conversation.
     page.get_by_role("button", name="Delete").click()

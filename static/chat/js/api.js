@@ -80,10 +80,13 @@ export async function api(method, path, body) {
 export const urls = {
   models: () => "/api/models/",
   conversations: () => "/api/conversations/",
+  search: (q) => `/api/conversations/?q=${encodeURIComponent(q)}`,
+  exportAs: (id, format) => `/api/conversations/${encodeURIComponent(id)}/export/?format=${encodeURIComponent(format)}`,
   conversation: (id) => `/api/conversations/${encodeURIComponent(id)}/`,
   members: (id) => `/api/conversations/${encodeURIComponent(id)}/members/`,
   member: (id, username) => `/api/conversations/${encodeURIComponent(id)}/members/${encodeURIComponent(username)}/`,
   messages: (id) => `/api/conversations/${encodeURIComponent(id)}/messages/`,
+  regenerate: (id, mid) => `/api/conversations/${encodeURIComponent(id)}/messages/${encodeURIComponent(mid)}/regenerate/`,
   stop: (id, mid) => `/api/conversations/${encodeURIComponent(id)}/messages/${encodeURIComponent(mid)}/stop/`,
   events: (id) => `/api/conversations/${encodeURIComponent(id)}/events/`,
   page: (id) => (id ? `/c/${encodeURIComponent(id)}/` : "/"),

@@ -1,5 +1,11 @@
 // The open conversation's messages: REST data and live events merged into one state.
 //
+// Messages form a tree (``parent``); the transcript shows one thread, from a
+// root to a leaf. At each fork the viewer's pick is kept in ``pins``; where
+// there is none, the branch holding the newest leaf is shown. The thread on
+// screen is pinned after each layout, so a branch someone else starts never
+// moves this viewer's view: it is announced with ``onNewBranch`` instead.
+//
 // Each message keeps the ``seq`` of the last delta applied. A delta with
 // seq <= that is a repeat and is ignored; a snapshot replaces the content and
 // sets seq; a final event replaces the whole message. A streaming message
@@ -16,7 +22,8 @@ export class OpenConversation {
   /**
    * @param {object} conversation the API's conversation, with ``messages``
    * @param {import("./messages.js").Transcript} transcript
-   * @param {{onConversationUpdated: Function, onStreamingChange: Function, onConnection: Function}} hooks
+   * @param {{onConversationUpdated: Function, onStreamingChange: Function, onConnection: Function,
+   *   onNewBranch: (message: object|null) => void}} hooks
    */
   constructor(conversation, transcript, hooks) {
     this.id = conversation.id;
@@ -26,8 +33,17 @@ export class OpenConversation {
     this.closed = false;
     this.streamingId = null;
     this.reloading = null;
+    this.pins = new Map(); // parent id ("" for the roots) -> the child this viewer follows
+    this.adopt = new Set(); // parents under which my own pending post will start a branch I want to see
+    this.thread = [];
+    this.forks = new Map();
+    this.pinnedCount = new Map();
+    this.seen = new Set(); // messages already laid out once: only newcomers are announced
+    this.laidOut = false;
+    this.grown = false;
     transcript.clear();
     this.merge(conversation.messages || []);
+    this.layout();
     this.stream = new ConversationStream(this.id, {
       onEvent: (type, data) => this.applyEvent(type, data),
       onState: (state) => this.connectionChanged(state),
@@ -55,17 +71,126 @@ export class OpenConversation {
   // --- state --------------------------------------------------------------
 
   add(message, seq) {
-    const state = { message: { ...message }, seq, retryContent: null };
+    const state = { message: { ...message }, seq };
     this.states.set(message.id, state);
+    this.grown = true;
     this.changed(state);
     return state;
   }
 
   changed(state) {
-    if (state.message.status === "failed" || state.message.status === "interrupted") {
-      state.retryContent = this.previousUserContent(state.message);
-    }
     this.transcript.update(state);
+  }
+
+  // --- the tree ---------------------------------------------------------------
+
+  /** Whether the server knows about trees (its messages carry ``parent``). */
+  get isTree() {
+    for (const { message } of this.states.values()) return "parent" in message;
+    return false;
+  }
+
+  /**
+   * The tree: ``children`` by parent id ("" for roots, oldest first), ``parentOf``, and ``newest``
+   * (the newest message of each subtree). Without ``parent`` the messages are one chain.
+   */
+  tree() {
+    const ordered = [...this.states.values()].map((s) => s.message).sort(byCreated);
+    const children = new Map();
+    const parentOf = new Map();
+    let previous = "";
+    for (const message of ordered) {
+      const parent = "parent" in message ? message.parent || "" : previous;
+      if (!children.has(parent)) children.set(parent, []);
+      children.get(parent).push(message);
+      parentOf.set(message.id, parent);
+      previous = message.id;
+    }
+    // A reply is always newer than what it follows: walking newest first meets children before parents.
+    const newest = new Map();
+    for (const message of ordered.reverse()) {
+      const mine = newest.get(message.id) || message;
+      newest.set(message.id, mine);
+      const parent = parentOf.get(message.id);
+      const theirs = newest.get(parent);
+      if (!theirs || byCreated(mine, theirs) > 0) newest.set(parent, mine);
+    }
+    return { children, parentOf, newest };
+  }
+
+  /** Recompute the thread on screen and pin it; announce a branch this viewer is not following. */
+  layout() {
+    if (this.closed) return;
+    const { children, newest } = this.tree();
+    const thread = [];
+    const forks = new Map();
+    let key = "";
+    for (;;) {
+      const kids = children.get(key) || [];
+      if (!kids.length) break;
+      // My own post under ``key`` is on its way: show it, even if its events come before the answer.
+      const adopted = this.adopt.has(key) && kids.length > (this.pinnedCount.get(key) || 0);
+      if (adopted) this.adopt.delete(key);
+      let pick = adopted ? kids[kids.length - 1] : kids.find((m) => m.id === this.pins.get(key));
+      if (!pick) pick = kids.reduce((best, m) => (byCreated(newest.get(m.id), newest.get(best.id)) > 0 ? m : best));
+      thread.push(pick);
+      forks.set(pick.id, { index: kids.indexOf(pick), siblings: kids });
+      key = pick.id;
+    }
+    // Pin what is on screen: later arrivals on other branches must not move it.
+    const counts = new Map();
+    let parentKey = "";
+    for (const message of thread) {
+      this.pins.set(parentKey, message.id);
+      counts.set(parentKey, (children.get(parentKey) || []).length);
+      parentKey = message.id;
+    }
+    const onThread = new Set(thread.map((m) => m.id));
+    let announce = null;
+    for (const key of ["", ...onThread]) {
+      for (const kid of children.get(key) || []) {
+        if (!onThread.has(kid.id) && !this.seen.has(kid.id)) announce = kid;
+      }
+    }
+    for (const id of this.states.keys()) this.seen.add(id);
+    this.pinnedCount = counts;
+    this.thread = thread;
+    this.forks = forks;
+    this.transcript.showThread(
+      thread.map((m) => this.states.get(m.id)),
+      forks,
+    );
+    if (announce && this.laidOut) this.hooks.onNewBranch(announce);
+    this.laidOut = true;
+  }
+
+  /** Show the sibling ``step`` away (-1, +1) from ``messageId``, down to its newest leaf. */
+  switchBranch(messageId, step) {
+    const fork = this.forks.get(messageId);
+    const next = fork && fork.siblings[fork.index + step];
+    if (next) this.reveal(next.id);
+  }
+
+  /** Show the thread through ``messageId``, down to the newest leaf under it; false if unknown. */
+  reveal(messageId) {
+    if (!this.states.has(messageId)) return false;
+    const { children, parentOf } = this.tree();
+    for (let id = messageId; parentOf.has(id); id = parentOf.get(id)) this.pins.set(parentOf.get(id), id);
+    // Below it, forget earlier picks: the newest leaf is shown.
+    const below = [messageId];
+    while (below.length) {
+      const id = below.pop();
+      this.pins.delete(id);
+      for (const kid of children.get(id) || []) below.push(kid.id);
+    }
+    this.hooks.onNewBranch(null);
+    this.layout();
+    return true;
+  }
+
+  /** The newest message on the thread on screen (the parent for the next post), or null. */
+  get leaf() {
+    return this.thread.length ? this.thread[this.thread.length - 1] : null;
   }
 
   /** Merge messages from the REST API: final beats streaming; live stream state beats a checkpoint. */
@@ -85,7 +210,15 @@ export class OpenConversation {
         this.changed(state);
       }
     }
+    this.relayoutIfGrown();
     this.streamingChanged();
+  }
+
+  relayoutIfGrown() {
+    if (this.grown && this.laidOut) {
+      this.grown = false;
+      this.layout();
+    }
   }
 
   streamingChanged() {
@@ -97,15 +230,6 @@ export class OpenConversation {
       this.streamingId = streaming;
       this.hooks.onStreamingChange(streaming);
     }
-  }
-
-  previousUserContent(assistant) {
-    let best = null;
-    for (const { message } of this.states.values()) {
-      if (message.role !== "user" || message.created_at > assistant.created_at) continue;
-      if (!best || message.created_at >= best.created_at) best = message;
-    }
-    return best ? best.content : null;
   }
 
   get isEmpty() {
@@ -133,6 +257,7 @@ export class OpenConversation {
     if (type === "message.snapshot") this.applySnapshot(message, data.seq);
     else if (type === "message.created") this.applyCreated(message);
     else if (FINAL_TYPES.has(type)) this.applyFinal(message);
+    this.relayoutIfGrown();
     this.streamingChanged();
   }
 
@@ -219,15 +344,50 @@ export class OpenConversation {
 
   // --- actions --------------------------------------------------------------
 
-  /** Post a message; resolves when the server accepted it, rejects with ApiError. */
-  async send(content) {
-    const body = await api("POST", urls.messages(this.id), { content });
-    if (this.closed) return body;
-    for (const message of [body.user_message, body.assistant_message]) {
-      if (!this.states.has(message.id)) this.add(message, FINAL_STATUSES.has(message.status) ? Infinity : 0);
+  /**
+   * Post a message under ``parent`` (default: the end of the thread on screen; null: a new root);
+   * the view follows the new branch. Resolves when the server accepted it, rejects with ApiError.
+   */
+  async send(content, parent = undefined) {
+    const body = { content };
+    if (parent === undefined && this.isTree && this.leaf && this.leaf.role === "assistant") parent = this.leaf.id;
+    if (parent !== undefined) body.parent = parent;
+    return this.post(urls.messages(this.id), body, parent === undefined ? null : parent || "", ["user_message", "assistant_message"]);
+  }
+
+  /** Regenerate the assistant reply ``messageId`` (with ``model``, else the server's choice) as a new sibling. */
+  async regenerate(messageId, model = null) {
+    const state = this.states.get(messageId);
+    const parent = state ? state.message.parent || "" : null;
+    return this.post(urls.regenerate(this.id, messageId), model ? { model } : {}, parent, ["assistant_message"]);
+  }
+
+  async post(url, body, branchParent, keys) {
+    // The new message's own events may come before this answer: adopt it under that parent either way.
+    if (branchParent !== null) this.adopt.add(branchParent);
+    let answer;
+    try {
+      answer = await api("POST", url, body);
+    } catch (error) {
+      if (branchParent !== null) this.adopt.delete(branchParent);
+      throw error;
     }
+    if (this.closed) return answer;
+    const first = answer[keys[0]];
+    if (branchParent !== null && first) {
+      this.adopt.delete(branchParent);
+      this.pins.set(branchParent, first.id);
+      this.seen.add(first.id);
+    }
+    for (const key of keys) {
+      const message = answer[key];
+      if (message && !this.states.has(message.id)) this.add(message, FINAL_STATUSES.has(message.status) ? Infinity : 0);
+      if (message) this.seen.add(message.id);
+    }
+    this.grown = true;
+    this.relayoutIfGrown();
     this.streamingChanged();
-    return body;
+    return answer;
   }
 
   async stop() {
@@ -239,8 +399,15 @@ export class OpenConversation {
     }
   }
 
-  retryContentFor(messageId) {
+  /** The message ``messageId`` as last known, or null. */
+  message(messageId) {
     const state = this.states.get(messageId);
-    return state ? state.retryContent : null;
+    return state ? state.message : null;
   }
+}
+
+function byCreated(a, b) {
+  const left = `${a.created_at}|${a.id}`;
+  const right = `${b.created_at}|${b.id}`;
+  return left < right ? -1 : left > right ? 1 : 0;
 }

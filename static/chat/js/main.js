@@ -2,13 +2,15 @@
 //
 // Modules, bottom up: api (fetch + CSRF), markdown (markdown-it + DOMPurify),
 // stream (EventSource with resume), messages (the transcript's DOM),
-// conversation (message state from REST + events), sidebar, dialogs, and
+// conversation (message state from REST + events, the tree of branches),
+// search (sidebar search and the Ctrl/Cmd+K palette), sidebar, dialogs, and
 // this file, which wires them to the page.
 
 import { api, ApiError, urls } from "./api.js";
 import { OpenConversation } from "./conversation.js";
 import { setUpDialogs } from "./dialogs.js";
 import { Transcript } from "./messages.js";
+import { SearchPalette } from "./search.js";
 import { displayTitle, Sidebar } from "./sidebar.js";
 
 const $ = (id) => document.getElementById(id);
@@ -35,12 +37,16 @@ class App {
         empty: $("conversation-list-empty"),
         noMatch: $("conversation-list-nomatch"),
       },
-      { currentUser: this.currentUser, onSelect: (id) => this.select(id, { push: true }) },
+      { currentUser: this.currentUser, onSelect: (id, messageId) => this.select(id, { push: true, messageId }) },
     );
     this.sidebar.setConversations(initial.conversations);
 
     this.transcript = new Transcript($("transcript"), $("messages"), {
-      onRetry: (id) => this.retry(id),
+      onRegenerate: (id, model) => this.regenerate(id, model),
+      onEdit: (id, content) => this.edit(id, content),
+      onSwitch: (id, step) => this.open && this.open.switchBranch(id, step),
+      canEdit: () => Boolean(this.open && this.open.isTree),
+      models: () => this.models,
       onChange: () => this.transcriptChanged(),
       jumpButton: $("jump-latest"),
     });
@@ -52,6 +58,7 @@ class App {
       onDeleted: (id) => this.deleted(id),
     });
 
+    this.palette = new SearchPalette({ onOpen: (id, messageId) => this.select(id, { push: true, messageId }) });
     this.wireShell();
     this.wireSettings();
     this.wireComposer();
@@ -101,6 +108,20 @@ class App {
     $("rename-button").addEventListener("click", () => this.dialogs.rename.open());
     $("share-button").addEventListener("click", () => this.dialogs.share.open());
     $("delete-button").addEventListener("click", () => this.dialogs.remove.open());
+    $("search-open").addEventListener("click", () => this.palette.open());
+    const exportMenu = $("export-menu");
+    exportMenu.addEventListener("click", (event) => {
+      if (event.target.closest("a")) exportMenu.open = false;
+    });
+    exportMenu.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && exportMenu.open) {
+        exportMenu.open = false;
+        exportMenu.querySelector("summary").focus();
+      }
+    });
+    $("branch-notice-show").addEventListener("click", () => {
+      if (this.open && this.noticed) this.open.reveal(this.noticed);
+    });
   }
 
   async refreshList() {
@@ -141,15 +162,20 @@ class App {
     }
   }
 
-  async select(id, { push }) {
+  /** Open conversation ``id``; with ``messageId`` (a search result), show that message's branch and scroll to it. */
+  async select(id, { push, messageId = null }) {
     this.closeSidebar();
-    if (this.conversation && this.conversation.id === id) return;
+    if (this.conversation && this.conversation.id === id) {
+      if (messageId) this.reveal(messageId);
+      return;
+    }
     this.selecting = id;
     try {
       const conversation = await api("GET", urls.conversation(id));
       if (this.selecting !== id) return; // another click came after this one
       this.show(conversation, { push });
-      $("composer-input").focus();
+      if (messageId) this.reveal(messageId);
+      else $("composer-input").focus();
     } catch (error) {
       if (error instanceof ApiError && error.status === 404) {
         this.sidebar.remove(id);
@@ -157,6 +183,10 @@ class App {
       }
       this.flash(error);
     }
+  }
+
+  reveal(messageId) {
+    if (this.open && this.open.reveal(messageId)) this.transcript.scrollToMessage(messageId);
   }
 
   flash(error) {
@@ -189,10 +219,12 @@ class App {
     this.renderHeader();
     this.renderSettings({ force: true });
     this.setStreaming(null);
+    this.branchNotice(null);
     this.open = new OpenConversation({ ...data, messages }, this.transcript, {
       onConversationUpdated: (c) => this.conversationUpdated(c),
       onStreamingChange: (id) => this.setStreaming(id),
       onConnection: (state) => this.connectionChanged(state),
+      onNewBranch: (message) => this.branchNotice(message),
     });
     this.transcript.flush();
     this.transcriptChanged();
@@ -231,6 +263,19 @@ class App {
     $("rename-button").hidden = !isOwner;
     $("delete-button").hidden = !isOwner;
     $("share-button").textContent = isOwner ? "Share" : "People";
+    $("export-markdown").href = urls.exportAs(c.id, "markdown");
+    $("export-json").href = urls.exportAs(c.id, "json");
+  }
+
+  /** Say that someone started a branch this viewer is not following (null: say nothing). */
+  branchNotice(message) {
+    this.noticed = message ? message.id : null;
+    $("branch-notice").hidden = !message;
+    if (!message) return;
+    const who = message.role === "user" ? message.author || "Someone" : null;
+    $("branch-notice-text").textContent = who
+      ? `${who === this.currentUser ? "You" : who} started a new branch —`
+      : "A new reply was written on another branch —";
   }
 
   connectionChanged(state) {
@@ -369,10 +414,31 @@ class App {
     }
   }
 
-  retry(messageId) {
+  /** Regenerate a reply (Retry too) as a new sibling, with ``model`` or the conversation's; errors go to the composer. */
+  async regenerate(messageId, model) {
     if (!this.open) return;
-    const content = this.open.retryContentFor(messageId);
-    if (content) this.send(content);
+    $("composer-error").textContent = "";
+    try {
+      await this.open.regenerate(messageId, model);
+      this.transcript.stick = true;
+    } catch (error) {
+      this.flash(error);
+    }
+  }
+
+  /** Edit and resend: post ``content`` under the edited message's parent, a new branch. Returns success. */
+  async edit(messageId, content) {
+    const message = this.open && this.open.message(messageId);
+    if (!message) return false;
+    $("composer-error").textContent = "";
+    try {
+      await this.open.send(content, message.parent || null);
+      this.transcript.stick = true;
+      return true;
+    } catch (error) {
+      this.flash(error);
+      return false;
+    }
   }
 
   /** An untitled conversation of mine takes its first message's first line as title. */
@@ -392,6 +458,7 @@ class App {
 
   setStreaming(messageId) {
     $("stop-button").hidden = !messageId;
+    this.transcript.setBusy(Boolean(messageId));
   }
 }
 

@@ -1,4 +1,8 @@
-// The transcript: one <li> per message, updated at most once per animation frame.
+// The transcript: one <li> per message of the thread on screen, updated at most once per animation frame.
+//
+// Every message has a view, on screen or not; ``showThread`` puts the thread's
+// views in the list, in order, each with its branch switcher and actions
+// (copy, edit, regenerate).
 //
 // Deltas only change the message's state; the DOM (Markdown included) is
 // rebuilt in the next frame, and a large reply is re-rendered less often when
@@ -60,16 +64,44 @@ export function stableBoundary(text, from) {
   return cut;
 }
 
+// Retry is a regenerate: a new reply beside this one, never a second copy of the question.
+function retryButton() {
+  const retry = element("button", "button retry", "Retry");
+  retry.type = "button";
+  return retry;
+}
+
+/** Put ``text`` on the clipboard; without the Clipboard API (plain http) through a hidden textarea. */
+export async function writeClipboard(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    await navigator.clipboard.writeText(text);
+    return;
+  }
+  const buffer = element("textarea", "copy-buffer");
+  buffer.value = text;
+  document.body.append(buffer);
+  buffer.select();
+  const ok = document.execCommand("copy");
+  buffer.remove();
+  if (!ok) throw new Error("copy refused");
+}
+
 export class Transcript {
   /**
    * @param {HTMLElement} scroller the scrolling container
    * @param {HTMLOListElement} list the <ol> of messages
-   * @param {{onRetry: (messageId: string) => void, onChange: () => void, jumpButton: HTMLElement}} options
+   * @param {{onRegenerate: (messageId: string, model: string|null) => void,
+   *   onEdit: (messageId: string, content: string) => Promise<boolean>, onSwitch: (messageId: string, step: number) => void,
+   *   canEdit: () => boolean, models: () => object[], onChange: () => void, jumpButton: HTMLElement}} options
    */
-  constructor(scroller, list, { onRetry, onChange, jumpButton }) {
+  constructor(scroller, list, { onRegenerate, onEdit, onSwitch, canEdit, models, onChange, jumpButton }) {
     this.scroller = scroller;
     this.list = list;
-    this.onRetry = onRetry;
+    this.onRegenerate = onRegenerate;
+    this.onEdit = onEdit;
+    this.onSwitch = onSwitch;
+    this.canEdit = canEdit;
+    this.models = models;
     this.onChange = onChange;
     this.jumpButton = jumpButton;
     this.views = new Map();
@@ -86,19 +118,123 @@ export class Transcript {
       this.scrollToEnd();
       jumpButton.hidden = true;
     });
-    list.addEventListener("click", (event) => {
-      const retry = event.target.closest("button.retry");
-      if (retry) this.onRetry(retry.closest("li.message").dataset.id);
-      const copy = event.target.closest("button.copy-code");
-      if (copy) {
-        const code = copy.closest(".codeblock").querySelector("pre");
-        copyText(code.textContent, code).then(
-          () => (copy.textContent = "Copied"),
-          () => (copy.textContent = "Copy failed"),
-        );
-        setTimeout(() => (copy.textContent = "Copy"), 2000);
+    list.addEventListener("click", (event) => this.clicked(event));
+    list.addEventListener("keydown", (event) => this.keyed(event));
+  }
+
+  clicked(event) {
+    const button = event.target.closest("button");
+    const item = event.target.closest("li.message");
+    if (!button || !item) return;
+    const id = item.dataset.id;
+    const view = this.views.get(id);
+    if (button.matches(".retry, .regenerate")) this.onRegenerate(id, null);
+    else if (button.dataset.model) {
+      button.closest("details").open = false;
+      this.onRegenerate(id, button.dataset.model);
+    } else if (button.matches(".branch-prev, .branch-next")) {
+      const step = button.matches(".branch-prev") ? -1 : 1;
+      this.onSwitch(id, step);
+      this.focusSwitcher(step);
+    } else if (button.matches(".copy-message")) this.copyMessage(view, button);
+    else if (button.matches(".edit")) this.openEditor(view);
+    else if (button.matches(".edit-cancel")) this.closeEditor(view, true);
+    else if (button.matches(".edit-send")) this.sendEdit(view);
+    else if (button.matches(".copy-code")) this.copyCode(button);
+  }
+
+  keyed(event) {
+    const item = event.target.closest("li.message");
+    if (!item) return;
+    const view = this.views.get(item.dataset.id);
+    if (event.target.matches(".editor textarea")) {
+      if (event.key === "Escape") {
+        event.preventDefault();
+        this.closeEditor(view, true);
+      } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey && !event.metaKey) {
+        event.preventDefault();
+        this.sendEdit(view);
       }
-    });
+    } else if (event.key === "Escape" && event.target.closest("details.regen-more[open]")) {
+      const menu = event.target.closest("details.regen-more");
+      menu.open = false;
+      menu.querySelector("summary").focus();
+    }
+  }
+
+  copyCode(copy) {
+    const code = copy.closest(".codeblock").querySelector("pre");
+    copyText(code.textContent, code).then(
+      () => (copy.textContent = "Copied"),
+      () => (copy.textContent = "Copy failed"),
+    );
+    setTimeout(() => (copy.textContent = "Copy"), 2000);
+  }
+
+  /** Copy a message's Markdown source (what was written, not what is shown); the button says "Copied". */
+  copyMessage(view, button) {
+    const source = this.messageOf(view).content || "";
+    writeClipboard(source).then(
+      () => (button.textContent = "Copied"),
+      () => (button.textContent = "Copy failed"),
+    );
+    clearTimeout(button.resetTimer);
+    button.resetTimer = setTimeout(() => (button.textContent = "Copy"), 2000);
+  }
+
+  messageOf(view) {
+    return view.state.message;
+  }
+
+  openEditor(view) {
+    if (view.editor) {
+      view.editor.querySelector("textarea").focus();
+      return;
+    }
+    const form = element("form", "editor");
+    const label = element("label", "visually-hidden", "Edit message");
+    const input = element("textarea");
+    input.id = `edit-${view.state.message.id}`;
+    label.htmlFor = input.id;
+    input.rows = 3;
+    input.value = view.state.message.content || "";
+    const hint = element("span", "meta", "Enter sends as a new branch · Esc cancels");
+    const send = element("button", "button primary edit-send", "Send");
+    send.type = "button";
+    const cancel = element("button", "button subtle edit-cancel", "Cancel");
+    cancel.type = "button";
+    const row = element("div", "form-row editor-buttons");
+    row.append(send, cancel, hint);
+    form.append(label, input, row);
+    form.addEventListener("submit", (event) => event.preventDefault());
+    view.content.hidden = true;
+    view.content.after(form);
+    view.editor = form;
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+  }
+
+  closeEditor(view, refocus) {
+    if (!view.editor) return;
+    view.editor.remove();
+    view.editor = null;
+    view.content.hidden = false;
+    if (refocus) view.actions.querySelector(".edit")?.focus();
+  }
+
+  async sendEdit(view) {
+    const content = view.editor.querySelector("textarea").value;
+    if (!content.trim()) return;
+    if (await this.onEdit(view.state.message.id, content)) this.closeEditor(view, false);
+  }
+
+  /** After a branch switch the fork shows another message: keep focus on its switcher. */
+  focusSwitcher(step) {
+    const target = this.switchedTo && this.views.get(this.switchedTo);
+    if (!target) return;
+    const wanted = target.actions.querySelector(step < 0 ? ".branch-prev" : ".branch-next");
+    const other = target.actions.querySelector(step < 0 ? ".branch-next" : ".branch-prev");
+    (wanted && !wanted.disabled ? wanted : other)?.focus();
   }
 
   atBottom() {
@@ -124,10 +260,57 @@ export class Transcript {
     this.schedule();
   }
 
-  remove(messageId) {
+  /**
+   * Put ``states`` (the thread, root first) in the list, in order; ``forks`` maps a message id to
+   * ``{index, siblings}`` for its branch switcher. Views off the thread leave the list, kept for later.
+   */
+  showThread(states, forks) {
+    const previous = new Set(this.list.children);
+    // The thread keeps its start: the first view to come on screen sits at the fork that changed.
+    this.switchedTo = null;
+    const roots = states.map((state) => {
+      const view = this.viewFor(state);
+      if (!view.root.isConnected && !this.switchedTo) this.switchedTo = state.message.id;
+      this.renderSwitcher(view, forks.get(state.message.id));
+      return view.root;
+    });
+    roots.forEach((root, index) => {
+      if (this.list.children[index] !== root) this.list.insertBefore(root, this.list.children[index] || null);
+      previous.delete(root);
+    });
+    for (const root of previous) root.remove();
+    if (this.stick) this.scrollToEnd();
+    this.onChange();
+  }
+
+  renderSwitcher(view, fork) {
+    const count = fork ? fork.siblings.length : 1;
+    view.switcher.hidden = count < 2;
+    if (count < 2) return;
+    const noun = view.state.message.role === "assistant" ? "reply" : "message";
+    view.position.textContent = `${fork.index + 1} / ${count}`;
+    view.prev.disabled = fork.index === 0;
+    view.next.disabled = fork.index === count - 1;
+    view.prev.setAttribute("aria-label", `Previous version of this ${noun}`);
+    view.next.setAttribute("aria-label", `Next version of this ${noun}`);
+    view.switcher.setAttribute("aria-label", `Version ${fork.index + 1} of ${count}`);
+  }
+
+  /** Scroll ``messageId`` (on screen) to the middle and mark it for a moment; false if it is not shown. */
+  scrollToMessage(messageId) {
+    this.flush();
     const view = this.views.get(messageId);
-    if (view) view.root.remove();
-    this.views.delete(messageId);
+    if (!view || !view.root.isConnected) return false;
+    this.stick = false;
+    view.root.scrollIntoView({ block: "center" });
+    for (const found of this.list.querySelectorAll(".is-found")) found.classList.remove("is-found");
+    view.root.classList.add("is-found");
+    return true;
+  }
+
+  /** Whether a message's actions that start a generation are offered (none while one runs). */
+  setBusy(busy) {
+    this.list.classList.toggle("is-busy", busy);
   }
 
   schedule() {
@@ -161,22 +344,11 @@ export class Transcript {
     let view = this.views.get(state.message.id);
     if (view) return view;
     view = this.build(state.message);
+    view.state = state;
     this.views.set(state.message.id, view);
-    this.insertInOrder(view.root, state.message);
+    this.dirty.add(state);
+    this.schedule();
     return view;
-  }
-
-  insertInOrder(root, message) {
-    root.dataset.created = message.created_at || "";
-    const key = `${message.created_at}|${message.id}`;
-    let before = null;
-    for (const other of this.list.children) {
-      if (`${other.dataset.created}|${other.dataset.id}` > key) {
-        before = other;
-        break;
-      }
-    }
-    this.list.insertBefore(root, before);
   }
 
   build(message) {
@@ -191,7 +363,7 @@ export class Transcript {
     const reasoning = element("details", "reasoning");
     reasoning.append(element("summary", "", "Reasoning"), element("div", "reasoning-text"));
     reasoning.hidden = true;
-    const content = element("div", message.role === "assistant" ? "message-content markdown" : "message-content plain");
+    const content = element("div", "message-content markdown");
     const error = element("div", "message-error");
     error.setAttribute("role", "alert");
     error.hidden = true;
@@ -200,9 +372,58 @@ export class Transcript {
     const usage = element("span", "message-usage");
     const ttft = element("span", "message-ttft");
     footer.append(status, usage, ttft);
-    article.append(meta, reasoning, content, error, footer);
+    const { actions, switcher, position, prev, next } = this.buildActions(message);
+    article.append(meta, reasoning, content, error, footer, actions);
     root.append(article);
-    return { root, author, time, model, reasoning, content, error, footer, status, usage, ttft, rendered: null };
+    return {
+      root, author, time, model, reasoning, content, error, footer, status, usage, ttft,
+      actions, switcher, position, prev, next, editor: null, rendered: null,
+    };
+  }
+
+  buildActions(message) {
+    const actions = element("div", "message-actions");
+    const switcher = element("span", "switcher");
+    switcher.setAttribute("role", "group");
+    const prev = element("button", "icon-button branch-prev", "‹");
+    const position = element("span", "switcher-position");
+    const next = element("button", "icon-button branch-next", "›");
+    prev.type = next.type = "button";
+    switcher.append(prev, position, next);
+    switcher.hidden = true;
+    const copy = element("button", "action copy-message", "Copy");
+    copy.type = "button";
+    copy.setAttribute("aria-label", `Copy this ${message.role === "assistant" ? "reply" : "message"} as Markdown`);
+    actions.append(switcher, copy);
+    if (message.role === "user") {
+      const edit = element("button", "action edit", "Edit");
+      edit.type = "button";
+      actions.append(edit);
+    } else {
+      const regenerate = element("button", "action regenerate", "Regenerate");
+      regenerate.type = "button";
+      const more = element("details", "regen-more");
+      const summary = element("summary", "action", "▾");
+      summary.setAttribute("aria-label", "Regenerate with another model");
+      const menu = element("div", "menu");
+      more.append(summary, menu);
+      // The models can change while the page is open: list them when the menu opens.
+      more.addEventListener("toggle", () => {
+        if (!more.open) return;
+        menu.replaceChildren(
+          element("p", "menu-heading", "Regenerate with"),
+          ...this.models().map((model) => {
+            const item = element("button", "menu-item", model.id);
+            item.type = "button";
+            item.dataset.model = model.id;
+            return item;
+          }),
+        );
+        menu.querySelector("button")?.focus();
+      });
+      actions.append(regenerate, more);
+    }
+    return { actions, switcher, position, prev, next };
   }
 
   render(state) {
@@ -228,15 +449,24 @@ export class Transcript {
     }
 
     this.renderContent(view, message);
-    this.renderError(view, message, state);
+    this.renderError(view, message);
     this.renderFooter(view, message);
+    this.renderActions(view, message);
+  }
+
+  renderActions(view, message) {
+    const streaming = message.status === "streaming";
+    for (const control of view.actions.querySelectorAll(".regenerate, .regen-more")) control.hidden = streaming;
+    const edit = view.actions.querySelector(".edit");
+    if (edit) edit.hidden = !this.canEdit();
+    view.actions.querySelector(".copy-message").hidden = streaming || !message.content;
   }
 
   renderContent(view, message) {
     const content = message.content || "";
     view.content.classList.toggle("is-empty", !content);
     if (message.role !== "assistant") {
-      if (view.rendered !== content) view.content.textContent = content;
+      if (view.rendered !== content) view.content.replaceChildren(renderMarkdown(content, { breaks: true }));
       view.rendered = content;
       return;
     }
@@ -270,27 +500,17 @@ export class Transcript {
     }
   }
 
-  renderError(view, message, state) {
+  renderError(view, message) {
     view.error.replaceChildren();
     if (message.status === "failed") {
       const text = (message.error && message.error.message) || "The reply failed.";
-      view.error.append(element("span", "message-error-text", text));
-      if (state.retryContent !== null) {
-        const retry = element("button", "button retry", "Retry");
-        retry.type = "button";
-        view.error.append(retry);
-      }
+      view.error.append(element("span", "message-error-text", text), retryButton());
       view.error.hidden = false;
     } else if (message.status === "interrupted") {
       const text =
         (message.error && message.error.message) ||
         "The server stopped while writing this reply; it ends where it was cut off.";
-      view.error.append(element("span", "message-error-text", text));
-      if (state.retryContent !== null) {
-        const retry = element("button", "button retry", "Retry");
-        retry.type = "button";
-        view.error.append(retry);
-      }
+      view.error.append(element("span", "message-error-text", text), retryButton());
       view.error.hidden = false;
     } else {
       view.error.hidden = true;

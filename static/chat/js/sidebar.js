@@ -1,6 +1,10 @@
-// The list of conversations (owned and shared), newest first, filtered by title as one types.
+// The list of conversations (owned and shared), newest first; typing searches titles and message text.
+//
+// Titles are filtered at once, here; the server's answer (titles and message
+// text, with a snippet) follows, debounced, and comes first in the list.
 
 import { urls } from "./api.js";
+import { highlighted, Searcher } from "./search.js";
 
 export function displayTitle(conversation) {
   return conversation.title || "Untitled";
@@ -27,12 +31,25 @@ export class Sidebar {
     this.conversations = [];
     this.activeId = null;
     this.drawn = false;
-    filter.addEventListener("input", () => this.render());
+    this.found = null; // the server's results for ``foundQuery``
+    this.foundQuery = "";
+    this.searcher = new Searcher(
+      (query, conversations) => {
+        this.found = conversations;
+        this.foundQuery = query;
+        this.render();
+      },
+      () => {}, // the title filter still stands
+    );
+    filter.addEventListener("input", () => {
+      this.render();
+      this.searcher.query(filter.value);
+    });
     list.addEventListener("click", (event) => {
       const link = event.target.closest("a[data-id]");
       if (!link || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
       event.preventDefault();
-      this.onSelect(link.dataset.id);
+      this.onSelect(link.dataset.id, link.dataset.message || null);
     });
   }
 
@@ -66,8 +83,12 @@ export class Sidebar {
 
   render() {
     this.drawn = true;
-    const query = this.filter.value.trim().toLowerCase();
-    const shown = this.conversations.filter((c) => !query || displayTitle(c).toLowerCase().includes(query));
+    const typed = this.filter.value.trim();
+    const query = typed.toLowerCase();
+    const byTitle = this.conversations.filter((c) => !query || displayTitle(c).toLowerCase().includes(query));
+    const found = query && this.found && this.foundQuery === typed ? this.found : [];
+    const foundIds = new Set(found.map((c) => c.id));
+    const shown = [...found, ...byTitle.filter((c) => !foundIds.has(c.id))];
     const items = shown.map((conversation) => {
       const item = document.createElement("li");
       const link = document.createElement("a");
@@ -86,6 +107,15 @@ export class Sidebar {
       parts.push(relativeTime(conversation.updated_at));
       meta.textContent = parts.join(" · ");
       link.append(title, meta);
+      const match = conversation.match;
+      if (match && match.message_id) {
+        // Found in a message: show where, and open the conversation there.
+        link.dataset.message = match.message_id;
+        const snippet = document.createElement("span");
+        snippet.className = "conversation-link-snippet";
+        snippet.append(highlighted(match.snippet || "", match.highlights, typed));
+        link.append(snippet);
+      }
       item.append(link);
       return item;
     });
