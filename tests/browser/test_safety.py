@@ -3,7 +3,7 @@
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import last_assistant, new_chat, send, wait_final, wait_ready
+from tests.browser.conftest import FAST_ECHO, last_assistant, new_chat, send, wait_final, wait_ready
 
 pytestmark = pytest.mark.browser
 
@@ -40,8 +40,11 @@ HOSTILE = """# Hostile output
 ```
 """
 
+# MathML is allowed only as KaTeX writes it (a <math> straight inside its .katex span); never annotation-xml or
+# mglyph, the namespace-confusion tags. Buttons are the app's own, outside the rendered text (but a code block's Copy).
 DANGEROUS_TAGS = (
-    "script, iframe, img, svg, math, style, form, meta, link, base, object, embed, input, button:not(.copy-code)"
+    "script, iframe, img, svg, math:not(.katex > math), annotation-xml, mglyph, malignmark, style, form, meta, "
+    "link, base, object, embed, input, .message-content button:not(.copy-code)"
 )
 
 
@@ -108,7 +111,7 @@ def test_hostile_model_output_stays_inert(open_page, live):
     expect(safe).to_have_attribute("title", "a title")
     # HTML in a code block is text.
     expect(content.locator(".codeblock pre")).to_have_text("<script>window.__pwned = 13</script>\n")
-    # The user's own message is plain text too.
+    # The user's own message is Markdown with the same rules: raw HTML is text.
     expect(page.locator("li.message.user .message-content")).to_contain_text("<svg onload=")
 
     # Nothing was requested from anywhere but this server, also after a reload (the page renders from JSON).
@@ -132,4 +135,51 @@ def test_hostile_titles_are_text(open_page, live):
     page.get_by_role("button", name="Delete").click()
     expect(page.locator("#delete-title")).to_have_text(title)
     page.keyboard.press("Escape")
+    assert page.evaluate("window.__pwned") is None
+
+
+HOSTILE_USER = r"""**Markdown** from a person, hostile too:
+
+<script>window.__pwned = 21</script> <img src=x onerror="window.__pwned = 22">
+[js link](javascript:window.__pwned=23) <a href="javascript:window.__pwned=24">raw link</a>
+
+Math that tries to link or style: $\href{javascript:window.__pwned=25}{click}$ and
+$\htmlStyle{background:red}{styled}$ $\url{javascript:window.__pwned=26}$
+$\includegraphics{http://evil.example.com/math.png}$ $\htmlClass{hljs-keyword}{x}$ $\htmlData{x=1}{y}$
+
+$$
+\href{https://evil.example.com/}{\text{link}} + \color{red}{x} + \fcolorbox{red}{blue}{boxed} + \frac{1}{
+$$
+
+```html
+<img src=x onerror="window.__pwned = 27"><script>window.__pwned = 28</script>
+```
+"""
+
+
+def test_hostile_user_markdown_and_math_stay_inert(open_page, live):
+    page = open_page("olivia")
+    conversation_id = new_chat(page)
+    live.api("olivia").patch(f"/api/conversations/{conversation_id}/", json={"model": FAST_ECHO})
+    page.reload()
+    wait_ready(page)
+    send(page, HOSTILE_USER)
+    wait_final(page)
+    inert_checks(page)
+    for content in (page.locator("li.message.user .message-content"), last_assistant(page).locator(".message-content")):
+        expect(content.locator("strong")).to_have_text("Markdown")
+        expect(content).to_contain_text('<script>window.__pwned = 21</script> <img src=x onerror="window.__pwned')
+        for name in ("js link", "raw link", "click", "link"):
+            expect(content.get_by_role("link", name=name)).to_have_count(0)
+        # KaTeX with trust off: the commands are shown in red as text, not obeyed.
+        expect(content.locator(".math-inline math")).to_have_count(6)
+        for command in ("\\href", "\\htmlStyle", "\\url", "\\includegraphics", "\\htmlClass", "\\htmlData"):
+            expect(content.locator("mtext", has_text=command).first).to_be_attached()
+        assert content.locator("[href], [style], [src], [data-x]").count() == 0
+        assert content.locator(".hljs-keyword").count() == 0  # no class smuggled in through \htmlClass
+        # The unfinished display formula is its source, in the error colour; the code block is highlighted text.
+        expect(content.locator(".math-block .katex-error")).to_contain_text("\\fcolorbox{red}{blue}{boxed}")
+        code = content.locator("pre code.language-html")
+        expect(code).to_have_text('<img src=x onerror="window.__pwned = 27"><script>window.__pwned = 28</script>\n')
+        expect(code.locator(".hljs-tag").first).to_be_attached()
     assert page.evaluate("window.__pwned") is None
