@@ -321,3 +321,23 @@ def test_screenshots_of_branches_and_palette(open_page, live, width, height, sch
     page.get_by_label("Search titles and messages").fill("question")
     expect(page.locator("button.search-result").first.locator("mark").first).to_be_visible()
     screenshot(page, f"{name}-search")
+
+
+def test_a_search_hit_on_another_branch_opens_that_branch(open_page, live):
+    conversation = live.create_conversation("olivia", title="Two versions")
+    conversation_id = conversation["id"]
+    post_and_finish(live, "olivia", conversation_id, "the aardwolf version", model=FAST_ECHO)
+    post_and_finish(live, "olivia", conversation_id, "the okapi version", parent=None, model=FAST_ECHO)
+    first = stored(live, "olivia", conversation_id)[0]
+    assert first["content"] == "the aardwolf version"
+
+    page = open_page("olivia", path=f"/c/{conversation_id}/")
+    expect(page.locator("li.message.user .message-content")).to_have_text("the okapi version")
+    page.keyboard.press("Control+k")
+    page.get_by_label("Search titles and messages").fill("aardwolf")
+    page.locator("button.search-result").first.click()
+    expect(page.locator("li.message.user .message-content")).to_have_text("the aardwolf version")
+    expect(page.locator("li.message.user .switcher-position")).to_have_text("1 / 2")
+    found = page.locator("li.message.is-found")
+    expect(found).to_have_count(1)
+    assert found.get_attribute("data-id") in {m["id"] for m in stored(live, "olivia", conversation_id)[:2]}
