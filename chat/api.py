@@ -184,7 +184,9 @@ def check_text(value: str, what: str) -> str:
 
 
 def _type_name(expected):
-    return {str: "string", int: "integer", bool: "boolean"}.get(expected, expected.__name__)
+    if isinstance(expected, tuple):
+        return " or ".join(_type_name(one) for one in expected)
+    return {str: "string", int: "integer", bool: "boolean", type(None): "null"}.get(expected, expected.__name__)
 
 
 def _check_length(data, name, limit, *, too_large=False):
@@ -338,7 +340,8 @@ def not_found(request, user):
 # --- Messages and event streams (async) ---------------------------------------
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-MESSAGE_FIELDS = {"content": str, "model": str}
+MESSAGE_FIELDS = {"content": str, "model": str, "parent": (str, type(None))}
+REGENERATE_FIELDS = {"model": str}
 # A stream re-checks its viewer's session and membership every this many
 # heartbeats, in case an access.revoked signal was lost (Redis restarting).
 ACCESS_RECHECK_HEARTBEATS = 2
@@ -361,32 +364,72 @@ def _wants_sse(request) -> bool:
 
 
 def _message_checks(user, conversation_id, data, idempotency):
-    """One thread hop: visibility, an earlier post with the same Idempotency-Key, model, the user's limits.
+    """One thread hop: visibility, an earlier post with the same Idempotency-Key, parent, model, the user's limits.
 
-    Returns (conversation, model, limits, replay): ``replay`` is the
+    Returns (conversation, model, limits, replay, parent): ``replay`` is the
     (user message, reply) of the earlier post, when this is a repeat (then
-    no limit applies: nothing new is created).
+    no limit applies: nothing new is created); ``parent`` is what the new
+    message follows (``services.LATEST`` when the body names none).
     """
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
     if idempotency is not None:
         replay = selectors.idempotent_post(user=user, key=idempotency[0], request_hash=idempotency[1])
         if replay is not None:
-            return conversation, None, None, replay
-    model = data.get("model") or conversation.model
+            return conversation, None, None, replay, None
+    parent = services.LATEST
+    if "parent" in data:
+        parent = selectors.message_parent_for_post(conversation=conversation, parent_id=data["parent"])
+    model = _reply_model(data.get("model") or conversation.model)
+    selectors.message_allowance_check(user=user)
+    return conversation, model, selectors.user_limits(user=user), None, parent
+
+
+def _reply_model(model: str) -> str:
     if model not in available_models():
         raise InvalidInput(
             f"The model {model!r} is not available; choose one of {', '.join(available_models())}.",
             code="unknown_model",
         )
+    return model
+
+
+def _regenerate_checks(user, conversation_id, message_id, data, idempotency):
+    """One thread hop: visibility, the reply to regenerate, a repeat's Idempotency-Key, model, the user's limits.
+
+    Returns (conversation, reply, model, limits, replay): ``replay`` is the
+    reply an earlier regenerate with the same key made. 404 for an unknown
+    message, 400 ``not_a_reply`` for a user message, 409 ``not_final``
+    while the reply streams. The model: the body's, else the reply's if it
+    is still offered, else the conversation's.
+    """
+    conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    reply = selectors.message_get(conversation=conversation, message_id=message_id)
+    if idempotency is not None:
+        replay = selectors.idempotent_post(user=user, key=idempotency[0], request_hash=idempotency[1])
+        if replay is not None:
+            return conversation, reply, None, None, replay[1]
+    if reply.role != chat_models.Message.Role.ASSISTANT:
+        raise InvalidInput(
+            "Only an assistant reply can be regenerated; to change a message of yours, post it again "
+            "with that message's parent as parent.",
+            code="not_a_reply",
+        )
+    if reply.status == chat_models.Message.Status.STREAMING:
+        raise Conflict("This reply is still being generated. Wait for it or stop it first.", code="not_final")
+    model = data.get("model") or (reply.model if reply.model in available_models() else conversation.model)
+    model = _reply_model(model)
     selectors.message_allowance_check(user=user)
-    return conversation, model, selectors.user_limits(user=user), None
+    return conversation, reply, model, selectors.user_limits(user=user), None
 
 
 _IDEMPOTENCY_KEY = re.compile(rf"[\x20-\x7e]{{1,{chat_models.IDEMPOTENCY_KEY_MAX_LENGTH}}}")
 
 
-def _idempotency(request, conversation_id, data) -> tuple[str, str] | None:
-    """(key, request hash) from the ``Idempotency-Key`` header, None without one; InvalidInput if malformed."""
+def _idempotency(request, asked: list) -> tuple[str, str] | None:
+    """(key, hash of ``asked``) from the ``Idempotency-Key`` header, None without one; InvalidInput if malformed.
+
+    ``asked`` is what the request asks for (endpoint, conversation, body): a repeat must ask the same.
+    """
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
@@ -395,11 +438,10 @@ def _idempotency(request, conversation_id, data) -> tuple[str, str] | None:
             f"Idempotency-Key must be 1 to {chat_models.IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters.",
             code="invalid_idempotency_key",
         )
-    asked = json.dumps([str(conversation_id), data["content"], data.get("model")], ensure_ascii=True)
-    return key, hashlib.sha256(asked.encode()).hexdigest()
+    return key, hashlib.sha256(json.dumps(asked, ensure_ascii=True).encode()).hexdigest()
 
 
-def _message_store(user, conversation, content, model, limits, idempotency):
+def _message_store(user, conversation, content, model, limits, idempotency, parent):
     """One thread hop: store both messages and read the history the model will get."""
     key, request_hash = idempotency or (None, "")
     user_message, assistant_message = services.message_submit(
@@ -407,12 +449,29 @@ def _message_store(user, conversation, content, model, limits, idempotency):
         author=user,
         content=content,
         model=model,
+        parent=parent,
         messages_per_minute=limits["messages_per_minute"],
         idempotency_key=key,
         request_hash=request_hash,
     )
     history = selectors.message_history_for_generation(conversation=conversation, before_message=assistant_message)
     return user_message, assistant_message, history
+
+
+def _regenerate_store(user, conversation, reply, model, limits, idempotency):
+    """One thread hop: store the new sibling reply and read the history the model will get."""
+    key, request_hash = idempotency or (None, "")
+    assistant_message = services.message_regenerate(
+        conversation=conversation,
+        requester=user,
+        reply=reply,
+        model=model,
+        messages_per_minute=limits["messages_per_minute"],
+        idempotency_key=key,
+        request_hash=request_hash,
+    )
+    history = selectors.message_history_for_generation(conversation=conversation, before_message=assistant_message)
+    return None, assistant_message, history
 
 
 class StreamAccess:
@@ -444,11 +503,45 @@ async def messages(request, user, conversation_id):
     if not data["content"].strip():
         raise InvalidInput("The message is empty.", code="empty_content")
     _check_length(data, "content", settings.CHAT_MAX_MESSAGE_CHARS, too_large=True)
-    idempotency = _idempotency(request, conversation_id, data)
-    conversation, model, limits, replay = await adb(_message_checks)(user, conversation_id, data, idempotency)
-    sse = _wants_sse(request)
+    # A body without "parent" hashes as before parents existed, so keys stored then still match.
+    asked = [str(conversation_id), data["content"], data.get("model"), *([data["parent"]] if "parent" in data else [])]
+    idempotency = _idempotency(request, asked)
+    conversation, model, limits, replay, parent = await adb(_message_checks)(user, conversation_id, data, idempotency)
     if replay is not None:
-        return await _replay_post(request, user, conversation, *replay, sse=sse)
+        return await _replay_post(request, user, conversation, *replay, sse=_wants_sse(request))
+    store = functools.partial(_message_store, user, conversation, data["content"], model, limits, idempotency, parent)
+    return await _start_reply(request, user, conversation, limits, store, accepted_at=accepted_at)
+
+
+@api_view("POST")
+async def message_regenerate(request, user, conversation_id, message_id):
+    accepted_at = time.monotonic()
+    data = parse_body(request, REGENERATE_FIELDS)
+    idempotency = _idempotency(request, ["regenerate", str(conversation_id), str(message_id), data.get("model")])
+    conversation, reply, model, limits, replay = await adb(_regenerate_checks)(
+        user, conversation_id, message_id, data, idempotency
+    )
+    if replay is not None:
+        return await _replay_post(request, user, conversation, None, replay, sse=_wants_sse(request))
+    store = functools.partial(_regenerate_store, user, conversation, reply, model, limits, idempotency)
+    return await _start_reply(request, user, conversation, limits, store, accepted_at=accepted_at)
+
+
+def _accepted_body(user_message, assistant_message) -> dict:
+    body = {"assistant_message": message_to_dict(assistant_message)}
+    if user_message is not None:
+        body = {"user_message": message_to_dict(user_message), **body}
+    return body
+
+
+async def _start_reply(request, user, conversation, limits, store, *, accepted_at):
+    """Store a new reply with ``store`` and start generating it; the answer to a post or a regenerate.
+
+    ``store`` is one thread hop returning (user message or None, reply,
+    history). JSON: 202 with the stored messages. ``Accept:
+    text/event-stream``: that generation's events, ending after its final one.
+    """
+    sse = _wants_sse(request)
     slot = viewer = None
     try:
         if sse:
@@ -457,9 +550,7 @@ async def messages(request, user, conversation_id):
             slot = await _open_stream_slot(user, limits["max_open_streams"])
             viewer = await get_hub().join(conversation.id, user_id=user.pk)
             last_id = await get_event_log().tail(str(conversation.id))
-        user_message, assistant_message, history = await adb(_message_store)(
-            user, conversation, data["content"], model, limits, idempotency
-        )
+        user_message, assistant_message, history = await adb(store)()
     except BaseException:
         if viewer is not None:
             get_hub().leave(viewer)
@@ -475,11 +566,8 @@ async def messages(request, user, conversation_id):
         accepted_at=accepted_at,
     )
     if not sse:
-        return JsonResponse(
-            {"user_message": message_to_dict(user_message), "assistant_message": message_to_dict(assistant_message)},
-            status=202,
-        )
-    ids = (str(user_message.id), str(assistant_message.id))
+        return JsonResponse(_accepted_body(user_message, assistant_message), status=202)
+    ids = tuple(str(m.id) for m in (user_message, assistant_message) if m is not None)
     markers = tuple(f'"{key}":"{mid}"' for mid in ids for key in ("id", "message_id"))
     access = StreamAccess(request, user, str(conversation.id))
     return _sse_response(
@@ -489,22 +577,21 @@ async def messages(request, user, conversation_id):
             slot,
             last_id=last_id,
             wanted=lambda item: any(marker in item.data for marker in markers),
-            final_id=ids[1],
+            final_id=str(assistant_message.id),
         ),
         request,
     )
 
 
 async def _replay_post(request, user, conversation, user_message, assistant_message, *, sse):
-    """Answer a repeated post (same Idempotency-Key) as the first was answered, creating nothing.
+    """Answer a repeated post or regenerate (same Idempotency-Key) as the first was answered, creating nothing.
 
-    JSON: 202 with both messages as they are now. Event stream: the user's
-    message, then the reply's snapshot and live events while it streams, or
-    its final event if it has ended.
+    JSON: 202 with the messages as they are now (only the reply when
+    ``user_message`` is None: a regenerate). Event stream: the user's message, then the reply's
+    snapshot and live events while it streams, or its final event if it has ended.
     """
     if not sse:
-        body = {"user_message": message_to_dict(user_message), "assistant_message": message_to_dict(assistant_message)}
-        return JsonResponse(body, status=202)
+        return JsonResponse(_accepted_body(user_message, assistant_message), status=202)
     conversation_id = str(conversation.id)
     limits = await adb(selectors.user_limits)(user=user)
     slot = await _open_stream_slot(user, limits["max_open_streams"])
@@ -523,7 +610,7 @@ async def _replay_post(request, user, conversation, user_message, assistant_mess
             get_hub().leave(viewer)
         await _release_slot(slot)
         raise
-    prelude = frame(MESSAGE_CREATED, message_to_dict(user_message), last_id)
+    prelude = b"" if user_message is None else frame(MESSAGE_CREATED, message_to_dict(user_message), last_id)
     if state is None:
         final = FINAL_EVENTS.get(assistant_message.status, MESSAGE_CREATED)
         prelude += frame(final, message_to_dict(assistant_message), last_id)
@@ -675,6 +762,8 @@ async def message_stop(request, user, conversation_id, message_id):
     message = await adb(selectors.message_get)(conversation=conversation, message_id=message_id)
     if message.status != chat_models.Message.Status.STREAMING:
         raise Conflict(f"This message is not being generated (it is {message.status}).", code="not_streaming")
+    # Who stopped it shows once it ends cancelled (contract v2: stopped_by).
+    await adb(services.message_stop_record)(message_id=message.id, user=user)
     await streaming.generation_stop(message_id=message.id)
     return JsonResponse(message_to_dict(message), status=202)
 

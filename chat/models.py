@@ -73,6 +73,10 @@ class Message(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # The message this one follows (null for a root): messages form a tree, a thread is a root-to-leaf path.
+    # The database refuses a parent from another conversation or not created before the child (migration
+    # 0009's triggers), so every parent chain ends at a root.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     role = models.CharField(max_length=16, choices=Role.choices)
     # Null for the assistant (and for a user message whose author was deleted).
     author = models.ForeignKey(
@@ -81,6 +85,10 @@ class Message(models.Model):
     # For an assistant reply: the user whose message asked for it (usage is theirs).
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="requested_replies"
+    )
+    # For a reply stopped through the stop endpoint: who stopped it.
+    stopped_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     content = models.TextField(blank=True)
     reasoning = models.TextField(blank=True)

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from .db import adb
-from .errors import NotFound, RateLimited, Unprocessable
+from .errors import InvalidInput, NotFound, RateLimited, Unprocessable
 from .events import REVOKED_DELETED, REVOKED_REMOVED, REVOKED_SIGNED_OUT
 from .models import (
     API_TOKEN_CREDENTIAL_PREFIX,
@@ -183,44 +183,74 @@ def api_token_list_for_user(*, user) -> list[ApiToken]:
 
 def message_list(*, conversation):
     """The conversation's messages, oldest first, authors loaded (1 query)."""
-    return list(Message.objects.filter(conversation=conversation).select_related("author").order_by("created_at", "id"))
+    return list(
+        Message.objects.filter(conversation=conversation)
+        .select_related("author", "stopped_by")
+        .order_by("created_at", "id")
+    )
 
 
 def message_get(*, conversation, message_id):
     """One message of a conversation the caller may already see, or NotFound."""
     try:
         message_id = uuid.UUID(str(message_id))
-        return Message.objects.select_related("author").get(pk=message_id, conversation=conversation)
+        return Message.objects.select_related("author", "stopped_by").get(pk=message_id, conversation=conversation)
     except (ValueError, Message.DoesNotExist):
         raise NotFound("No such message in this conversation.", code="message_not_found") from None
 
 
 def message_history_for_generation(*, conversation, before_message) -> list[tuple[str, str]]:
-    """(role, content) pairs sent upstream for a reply, oldest first.
+    """(role, content) pairs sent upstream for a reply, oldest first (1 query).
 
-    The conversation's complete and cancelled messages created before the
-    placeholder ``before_message``, trimmed from the oldest so their content
-    fits ``CHAT_HISTORY_MAX_CHARS``; the newest message always goes.
+    The ancestors of the placeholder ``before_message`` (its parent, the
+    parent's parent, up to the root) that are complete or cancelled and not
+    empty: sibling replies and other branches are never sent. Trimmed from
+    the oldest so their content fits ``CHAT_HISTORY_MAX_CHARS``; the newest
+    message always goes.
     """
-    rows = list(
-        Message.objects.filter(
-            conversation=conversation,
-            status__in=[Message.Status.COMPLETE, Message.Status.CANCELLED],
-            created_at__lt=before_message.created_at,
-        )
-        .exclude(content="")
-        .order_by("-created_at", "-id")
-        .values_list("role", "content")
-    )
+    # One query for the conversation's tree, walked here: simpler than a recursive CTE on both databases.
+    rows = Message.objects.filter(conversation=conversation).values_list("id", "parent_id", "role", "status", "content")
+    by_id = {row[0]: row for row in rows}
+    sent = {Message.Status.COMPLETE, Message.Status.CANCELLED}
     budget = settings.CHAT_HISTORY_MAX_CHARS
     kept = []
-    for role, content in rows:
+    node = by_id.get(before_message.parent_id)
+    while node is not None:
+        _, parent_id, role, status, content = node
+        node = by_id.get(parent_id)
+        if status not in sent or not content:
+            continue
         if kept and len(content) > budget:
             break
         kept.append((role, content))
         budget -= len(content)
     kept.reverse()
     return kept
+
+
+def message_parent_for_post(*, conversation, parent_id) -> Message | None:
+    """The message a new user message will follow: ``parent_id``'s message, or None for a new root.
+
+    Raises InvalidInput (``invalid_parent``) unless ``parent_id`` is None or
+    the id of an assistant reply of ``conversation``: a user message follows
+    a reply (posting under an earlier reply is edit-and-resend, a new branch).
+    """
+    if parent_id is None:
+        return None
+    try:
+        return Message.objects.get(
+            pk=uuid.UUID(str(parent_id)), conversation=conversation, role=Message.Role.ASSISTANT
+        )
+    except (ValueError, Message.DoesNotExist):
+        raise InvalidInput(
+            "parent must be the id of an assistant reply in this conversation, or null to start a new thread.",
+            code="invalid_parent",
+        ) from None
+
+
+def message_latest(*, conversation) -> Message | None:
+    """The conversation's newest message by (created_at, id): a post's parent by default."""
+    return Message.objects.filter(conversation=conversation).order_by("-created_at", "-id").first()
 
 
 def message_streaming_ids(*, older_than_seconds: float = 0) -> list:

@@ -20,10 +20,11 @@ def conversation_to_dict(conversation) -> dict:
 
 
 def message_to_dict(message) -> dict:
-    """The contract's Message. Needs ``author`` loaded (see selectors)."""
+    """The contract's Message. Needs ``author`` (and for a stopped reply ``stopped_by``) loaded (see selectors)."""
     return {
         "id": str(message.id),
         "conversation": str(message.conversation_id),
+        "parent": str(message.parent_id) if message.parent_id else None,
         "role": message.role,
         "author": message.author.username if message.author_id else None,
         "content": message.content,
@@ -33,11 +34,19 @@ def message_to_dict(message) -> dict:
         "usage": message.usage,
         "finish_reason": message.finish_reason,
         "error": message.error,
+        "stopped_by": _stopped_by(message),
         "created_at": _iso(message.created_at),
         "completed_at": _iso(message.completed_at),
         "time_to_first_token_ms": message.time_to_first_token_ms,
         "duration_ms": message.duration_ms,
     }
+
+
+def _stopped_by(message) -> str | None:
+    # Recorded when the stop was asked; it counts only if the stop won (the reply ended cancelled).
+    if message.status != "cancelled" or not message.stopped_by_id:
+        return None
+    return message.stopped_by.username
 
 
 def api_token_to_dict(token) -> dict:

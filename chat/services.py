@@ -30,7 +30,7 @@ from .models import (
     UsageEntry,
     UserLegalHold,
 )
-from .selectors import api_token_hash, message_history_for_generation, model_price_on, usage_cost
+from .selectors import api_token_hash, message_history_for_generation, message_latest, model_price_on, usage_cost
 from .tokens import estimate_usage
 
 # Conversations deleted per statement by a purge (SQLite takes at most 32,766 parameters a query).
@@ -326,20 +326,28 @@ def conversation_purge_expired(*, now=None, dry_run: bool = False) -> PurgeResul
     return result
 
 
+# ``message_submit``'s default parent: the conversation's newest message, read inside its transaction.
+LATEST = object()
+
+
 def message_submit(
     *,
     conversation,
     author,
     content: str,
     model: str,
+    parent=LATEST,
     messages_per_minute: int = 0,
     idempotency_key: str | None = None,
     request_hash: str = "",
 ) -> tuple[Message, Message]:
-    """Store the user's message and the assistant's ``streaming`` placeholder.
+    """Store the user's message under ``parent`` and the assistant's ``streaming`` placeholder under it.
 
-    Raises RateLimited when ``author`` already posted ``messages_per_minute``
-    messages in the last minute (0: no limit): the count and the insert are
+    ``parent``: a reply of the conversation (see
+    ``selectors.message_parent_for_post``), None for a new root, or LATEST
+    (the default) for the conversation's newest message, a chain as before.
+    Raises RateLimited when ``author`` already asked for
+    ``messages_per_minute`` replies in the last minute (0: no limit): the count and the insert are
     one step, under a lock on the author's row, so concurrent posts on any
     process cannot overshoot. Raises Conflict when a reply is already
     streaming in the conversation (the database's partial unique constraint
@@ -353,9 +361,12 @@ def message_submit(
         with transaction.atomic():
             if messages_per_minute:
                 _take_message_slot(author=author, per_minute=messages_per_minute)
+            if parent is LATEST:
+                parent = message_latest(conversation=conversation)
             now = timezone.now()
             user_message = Message.objects.create(
                 conversation=conversation,
+                parent=parent,
                 role=Message.Role.USER,
                 author=author,
                 content=content,
@@ -365,6 +376,7 @@ def message_submit(
             )
             assistant_message = Message.objects.create(
                 conversation=conversation,
+                parent=user_message,
                 role=Message.Role.ASSISTANT,
                 requested_by=author,
                 status=Message.Status.STREAMING,
@@ -372,31 +384,100 @@ def message_submit(
                 created_at=now + timedelta(microseconds=1),
             )
             Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
-            if idempotency_key is not None:
-                # A key older than its window is free again.
-                IdempotencyKey.objects.filter(user=author, created_at__lt=now - IDEMPOTENCY_WINDOW).delete()
-                IdempotencyKey.objects.create(
-                    user=author,
-                    key=idempotency_key,
-                    request_hash=request_hash,
-                    user_message=user_message,
-                    assistant_message=assistant_message,
-                    created_at=now,
-                )
+            _idempotency_record(
+                author=author,
+                key=idempotency_key,
+                request_hash=request_hash,
+                user_message_id=user_message.id,
+                assistant_message_id=assistant_message.id,
+            )
     except IntegrityError:
-        if idempotency_key is not None and IdempotencyKey.objects.filter(user=author, key=idempotency_key).exists():
-            raise Conflict(
-                "A post with this Idempotency-Key is being stored right now. Retry it in a moment.",
-                code="idempotency_key_in_use",
-            ) from None
-        if Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING).exists():
-            raise Conflict(
-                "A reply is already being generated in this conversation. Wait for it or stop it first.",
-                code="generation_in_progress",
-            ) from None
+        _explain_refusal(conversation=conversation, author=author, idempotency_key=idempotency_key)
         raise
     user_message.author = author
     return user_message, assistant_message
+
+
+def message_regenerate(
+    *,
+    conversation,
+    requester,
+    reply: Message,
+    model: str,
+    messages_per_minute: int = 0,
+    idempotency_key: str | None = None,
+    request_hash: str = "",
+) -> Message:
+    """Store a new ``streaming`` reply under the same user message as ``reply``: its sibling.
+
+    ``reply`` stays as it is. Used for a regenerate, and for a retry of a
+    failed, interrupted or stopped reply (no second user message). Raises
+    Conflict (``not_final``) if ``reply`` is not an ended assistant reply,
+    and as ``message_submit`` for the rate, a running generation and a key
+    being stored; records ``idempotency_key`` like it.
+    """
+    if reply.role != Message.Role.ASSISTANT or reply.status == Message.Status.STREAMING or reply.parent_id is None:
+        raise Conflict(
+            "Only an assistant reply that has ended (and follows a message) can be regenerated.", code="not_final"
+        )
+    try:
+        with transaction.atomic():
+            if messages_per_minute:
+                _take_message_slot(author=requester, per_minute=messages_per_minute)
+            now = timezone.now()
+            assistant_message = Message.objects.create(
+                conversation=conversation,
+                parent_id=reply.parent_id,
+                role=Message.Role.ASSISTANT,
+                requested_by=requester,
+                status=Message.Status.STREAMING,
+                model=model,
+                created_at=now,
+            )
+            Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+            # The record's user message is the one regenerated under: a repeat answers this reply.
+            _idempotency_record(
+                author=requester,
+                key=idempotency_key,
+                request_hash=request_hash,
+                user_message_id=reply.parent_id,
+                assistant_message_id=assistant_message.id,
+            )
+    except IntegrityError:
+        _explain_refusal(conversation=conversation, author=requester, idempotency_key=idempotency_key)
+        raise
+    return assistant_message
+
+
+def _idempotency_record(*, author, key, request_hash, user_message_id, assistant_message_id) -> None:
+    """Record a post's Idempotency-Key (nothing without one); call in the transaction that stores the post."""
+    if key is None:
+        return
+    now = timezone.now()
+    # A key older than its window is free again.
+    IdempotencyKey.objects.filter(user=author, created_at__lt=now - IDEMPOTENCY_WINDOW).delete()
+    IdempotencyKey.objects.create(
+        user=author,
+        key=key,
+        request_hash=request_hash,
+        user_message_id=user_message_id,
+        assistant_message_id=assistant_message_id,
+        created_at=now,
+    )
+
+
+def _explain_refusal(*, conversation, author, idempotency_key) -> None:
+    """Raise the Conflict that explains why storing a post hit an IntegrityError, if it is a known one."""
+    if idempotency_key is not None and IdempotencyKey.objects.filter(user=author, key=idempotency_key).exists():
+        raise Conflict(
+            "A post with this Idempotency-Key is being stored right now. Retry it in a moment.",
+            code="idempotency_key_in_use",
+        ) from None
+    if Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING).exists():
+        raise Conflict(
+            "A reply is already being generated in this conversation. Wait for it or stop it first.",
+            code="generation_in_progress",
+        ) from None
 
 
 def _take_message_slot(*, author, per_minute: int) -> None:
@@ -409,8 +490,9 @@ def _take_message_slot(*, author, per_minute: int) -> None:
     get_user_model().objects.select_for_update().filter(pk=author.pk).values_list("pk", flat=True).first()
     now = timezone.now()
     window = now - timedelta(minutes=1)
+    # Replies asked for, so a regenerate counts like a post (each post asks for one reply).
     recent = list(
-        Message.objects.filter(author_id=author.pk, role=Message.Role.USER, created_at__gt=window)
+        Message.objects.filter(requested_by_id=author.pk, role=Message.Role.ASSISTANT, created_at__gt=window)
         .order_by("-created_at")
         .values_list("created_at", flat=True)[:per_minute]
     )
@@ -497,10 +579,19 @@ def message_finish(
         updated = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(**fields)
         if not updated:
             return None
-        message = Message.objects.select_related("author", "requested_by").get(pk=message_id)
+        message = Message.objects.select_related("author", "requested_by", "stopped_by").get(pk=message_id)
         Conversation.objects.filter(pk=message.conversation_id).update(updated_at=now)
         usage_record(message=message, at=now)
     return message
+
+
+def message_stop_record(*, message_id, user) -> bool:
+    """Record that ``user`` asked to stop the streaming reply ``message_id`` (its ``stopped_by``).
+
+    Writes only while it streams; returns whether it did. Shown once the
+    reply ends ``cancelled`` (a reply that completes first keeps it unshown).
+    """
+    return bool(Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(stopped_by=user))
 
 
 def _fit(value: str | None, field: str) -> str | None:

@@ -407,7 +407,8 @@ async def generation_start(*, conversation, user_message, assistant_message, his
 
     The upstream request starts at once; meanwhile ``message.created`` is
     logged for each message (the assistant's records its streaming state),
-    and no delta is published before that. Returns the running Generation.
+    and no delta is published before that. ``user_message`` is None for a
+    regenerate (the reply follows an existing message). Returns the running Generation.
     """
     generation = Generation(
         conversation=conversation, message=assistant_message, history=history, accepted_at=accepted_at
@@ -415,7 +416,8 @@ async def generation_start(*, conversation, user_message, assistant_message, his
     _generations[generation.message_id] = generation
     generation.task = asyncio.create_task(generation.run(), name=f"generation {generation.message_id}")
     try:
-        await publish(conversation.id, MESSAGE_CREATED, dumps(message_to_dict(user_message)))
+        if user_message is not None:
+            await publish(conversation.id, MESSAGE_CREATED, dumps(message_to_dict(user_message)))
         await publish(
             conversation.id,
             MESSAGE_CREATED,

@@ -16,6 +16,7 @@ urlpatterns = [
     path("api/conversations/<str:conversation_id>/members/<str:username>/", api.member_detail),
     path("api/conversations/<str:conversation_id>/messages/", api.messages),
     path("api/conversations/<str:conversation_id>/messages/<str:message_id>/stop/", api.message_stop),
+    path("api/conversations/<str:conversation_id>/messages/<str:message_id>/regenerate/", api.message_regenerate),
     path("api/conversations/<str:conversation_id>/events/", api.events),
     path("api/tokens/", api.tokens),
     path("api/tokens/<str:token_id>/", api.token_detail),
