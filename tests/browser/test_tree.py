@@ -280,6 +280,7 @@ def test_export_menu_downloads_markdown_and_json(open_page, live):
     send(page, "export me")
     wait_final(page)
     page.get_by_text("Export", exact=True).click()
+    screenshot(page, "export-menu")
     with page.expect_download() as download_info:
         page.get_by_role("link", name="Markdown (.md)").click()
     download = download_info.value

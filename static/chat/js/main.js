@@ -109,6 +109,12 @@ class App {
     $("share-button").addEventListener("click", () => this.dialogs.share.open());
     $("delete-button").addEventListener("click", () => this.dialogs.remove.open());
     $("search-open").addEventListener("click", () => this.palette.open());
+    // A menu (<details>) closes when one clicks anywhere else, as menus do.
+    document.addEventListener("click", (event) => {
+      for (const menu of document.querySelectorAll("details.menu-button[open], details.regen-more[open]")) {
+        if (!menu.contains(event.target)) menu.open = false;
+      }
+    });
     const exportMenu = $("export-menu");
     exportMenu.addEventListener("click", (event) => {
       if (event.target.closest("a")) exportMenu.open = false;
