@@ -106,6 +106,7 @@ def test_retry_after_a_stop_regenerates(open_page, live):
     )
     page.get_by_role("button", name="Stop").click()
     stopped = wait_final(page, "cancelled")
+    expect(stopped.locator(".message-status")).to_have_text("Stopped by olivia")
     stopped.get_by_role("button", name="Regenerate", exact=True).click()
     expect(last_assistant(page).locator(".switcher-position")).to_have_text("2 / 2")
     messages = stored(live, "olivia", conversation_id)

@@ -519,7 +519,8 @@ export class Transcript {
 
   renderFooter(view, message) {
     const label = STATUS_LABELS[message.status] ?? message.status;
-    view.status.textContent = message.status === "cancelled" ? "Stopped by a participant" : label;
+    const stopper = message.stopped_by ? `Stopped by ${message.stopped_by}` : "Stopped by a participant";
+    view.status.textContent = message.status === "cancelled" ? stopper : label;
     view.status.hidden = !view.status.textContent;
     if (message.role === "assistant" && message.usage) {
       const { prompt_tokens: prompt, completion_tokens: completion } = message.usage;
