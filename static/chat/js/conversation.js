@@ -95,7 +95,11 @@ export class OpenConversation {
    * (the newest message of each subtree). Without ``parent`` the messages are one chain.
    */
   tree() {
-    const ordered = [...this.states.values()].map((s) => s.message).sort(byCreated);
+    // Sort on precomputed keys: a comparator building them would allocate n log n strings.
+    const ordered = [...this.states.values()]
+      .map((s) => [`${s.message.created_at}|${s.message.id}`, s.message])
+      .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+      .map(([, message]) => message);
     const children = new Map();
     const parentOf = new Map();
     let previous = "";
