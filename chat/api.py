@@ -21,8 +21,8 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from . import exports, selectors, services, streaming, transport
 from . import models as chat_models
-from . import selectors, services, streaming, transport
 from .db import adb
 from .errors import (
     ChatError,
@@ -228,12 +228,24 @@ def models_list(request, user):
     return JsonResponse({"models": [{"id": m, "default": m == default} for m in available_models()]})
 
 
+# Longer is a pasted paragraph, not something to look for.
+SEARCH_QUERY_MAX_CHARS = 200
+
+
 @api_view("GET", "POST")
 def conversations(request, user):
     if request.method == "GET":
-        title = check_text(request.GET.get("q", ""), "The search text")
-        items = selectors.conversation_list_for_user(user=user, title_contains=title)
-        return JsonResponse({"conversations": [conversation_to_dict(c) for c in items]})
+        query = check_text(request.GET.get("q", ""), "The search text").strip()
+        if not query:
+            items = selectors.conversation_list_for_user(user=user)
+            return JsonResponse({"conversations": [conversation_to_dict(c) for c in items]})
+        if len(query) > SEARCH_QUERY_MAX_CHARS:
+            raise InvalidInput(
+                f"The search text is too long: {len(query)} characters, at most {SEARCH_QUERY_MAX_CHARS}.",
+                code="too_long",
+            )
+        found = selectors.conversation_search_for_user(user=user, query=query)
+        return JsonResponse({"conversations": [{**conversation_to_dict(c), "match": m} for c, m in found]})
     data = _clean_conversation_fields(parse_body(request, CONVERSATION_FIELDS))
     data.setdefault("model", available_models()[0])
     conversation = services.conversation_create(owner=user, **data)
@@ -263,6 +275,26 @@ def _conversation_changed(user, conversation_id, *, status):
     body = conversation_to_dict(conversation)
     streaming.publish_conversation_updated(conversation=body)
     return JsonResponse(body, status=status)
+
+
+@api_view("GET")
+def conversation_export(request, user, conversation_id):
+    conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    kind = request.GET.get("format", "json")
+    if kind not in exports.EXPORT_FORMATS:
+        raise InvalidInput(
+            f"Unknown export format {kind[:20]!r}. Choose one of: {', '.join(exports.EXPORT_FORMATS)}.",
+            code="unknown_format",
+        )
+    extension, content_type = exports.EXPORT_FORMATS[kind]
+    messages = selectors.message_list(conversation=conversation)
+    if kind == "json":
+        body = json.dumps(exports.export_json(conversation, messages), ensure_ascii=False, indent=1)
+    else:
+        body = exports.export_markdown(conversation, messages)
+    response = HttpResponse(body.encode(), content_type=content_type)
+    response["Content-Disposition"] = exports.attachment_header(conversation.title, extension)
+    return response
 
 
 @api_view("POST")

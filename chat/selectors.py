@@ -1,6 +1,7 @@
 """Reads. Who may see a conversation is decided here, in ``conversation_queryset_for_user``, and nowhere else."""
 
 import hmac
+import re
 import uuid
 from datetime import date, timedelta
 from decimal import Decimal
@@ -9,7 +10,9 @@ from types import SimpleNamespace
 
 from django.conf import settings
 from django.contrib import auth
-from django.db.models import Exists, OuterRef, Prefetch, Q, Sum
+from django.db import connection
+from django.db.models import BooleanField, Exists, OuterRef, Prefetch, Q, Sum
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -55,6 +58,114 @@ def conversation_list_for_user(*, user, title_contains: str = ""):
     if title_contains:
         queryset = queryset.filter(title__icontains=title_contains)
     return list(_with_people(queryset).order_by("-updated_at", "-created_at"))
+
+
+# At most this many results; a search is for finding one conversation, not for reading all of them.
+SEARCH_MAX_RESULTS = 50
+# Characters of text around a match: about two lines of the search palette.
+SNIPPET_CHARS = 120
+# SQLite's trigram index answers only queries of at least 3 characters (one trigram).
+_TRIGRAM = 3
+
+
+def conversation_search_for_user(*, user, query: str, limit: int = SEARCH_MAX_RESULTS) -> list[tuple]:
+    """(conversation, match) for the conversations ``user`` can see whose title or a message contains ``query``.
+
+    Case-insensitive substring search, so a word inside Chinese text is
+    found. Best first: title matches (most recently updated first), then
+    conversations by their newest matching message. ``match`` is
+    ``{"message_id": str | None (the title matched), "snippet", "highlights"}``
+    (see ``search_snippet``). Titles and messages are found through the
+    trigram indexes of migration 0010 (pg_trgm on PostgreSQL, FTS5 on
+    SQLite). At most ``limit`` results; usually 5 queries (see
+    ``_newest_matches``); ``query`` must be non-empty.
+    """
+    visible = conversation_queryset_for_user(user=user)
+    by_title = visible.filter(title__icontains=query).order_by("-updated_at", "-created_at")
+    titled = list(by_title.values_list("id", flat=True)[:limit])
+    hits = _newest_matches(query, visible.exclude(pk__in=titled), limit - len(titled))
+    contents = dict(Message.objects.filter(pk__in=hits.values()).values_list("id", "content")) if hits else {}
+    found = {c.pk: c for c in _with_people(visible.filter(pk__in=[*titled, *hits]))} if titled or hits else {}
+    results = []
+    for conversation_id in titled:
+        snippet, highlights = search_snippet(found[conversation_id].title, query)
+        results.append((found[conversation_id], {"message_id": None, "snippet": snippet, "highlights": highlights}))
+    for conversation_id, message_id in hits.items():
+        snippet, highlights = search_snippet(contents[message_id], query)
+        match = {"message_id": str(message_id), "snippet": snippet, "highlights": highlights}
+        results.append((found[conversation_id], match))
+    return results
+
+
+def _newest_matches(query: str, conversations, wanted: int) -> dict:
+    """{conversation id: id of its newest message containing ``query``}, newest first, for ``wanted`` at most.
+
+    Reads the matching messages newest first, in batches growing fourfold,
+    until ``wanted`` conversations are found (one batch unless a few
+    conversations hold most matches). So the database may answer a common
+    word by walking the newest messages (``message_created``) and a rare one
+    from the trigram index, and never ranks every match.
+    """
+    matching = (
+        _messages_containing(query)
+        .filter(conversation__in=conversations)
+        .order_by("-created_at", "-id")
+        .values_list("conversation_id", "id")
+    )
+    found = {}
+    start, size = 0, 4 * wanted
+    while len(found) < wanted:
+        rows = list(matching[start : start + size])
+        for conversation_id, message_id in rows:
+            if len(found) < wanted:
+                found.setdefault(conversation_id, message_id)
+        if len(rows) < size:
+            break
+        start, size = start + size, size * 4
+    return found
+
+
+def _messages_containing(query: str):
+    """Messages whose content contains ``query``, through the database's trigram index."""
+    if connection.vendor == "sqlite" and len(query) >= _TRIGRAM:
+        # A quoted FTS5 string is a phrase of the query's trigrams: a substring match.
+        phrase = '"' + query.replace('"', '""') + '"'
+        indexed = RawSQL(
+            "chat_message.rowid IN (SELECT rowid FROM chat_message_fts WHERE chat_message_fts MATCH %s)",
+            (phrase,),
+            output_field=BooleanField(),
+        )
+        return Message.objects.alias(indexed=indexed).filter(indexed=True)
+    # PostgreSQL: icontains is UPPER(content) LIKE UPPER('%q%'), what the GIN index holds. SQLite,
+    # under 3 characters: a scan.
+    return Message.objects.filter(content__icontains=query)
+
+
+def search_snippet(text: str, query: str, *, width: int = SNIPPET_CHARS) -> tuple[str, list[list[int]]]:
+    """About ``width`` characters of ``text`` around the first match of ``query``, and where it matches.
+
+    Whitespace becomes single spaces one for one, "…" marks a cut end.
+    ``highlights`` are ``[start, end)`` offsets into the snippet in UTF-16
+    code units, as JavaScript indexes strings, so a client highlights by
+    slicing the text it escapes; the server never sends markup.
+    """
+    pattern = re.compile(re.escape(query), re.IGNORECASE)
+    found = pattern.search(text)
+    start, end = found.span() if found else (0, 0)
+    # A third of the room before the match, the rest after it.
+    begin = max(0, start - max(0, width - (end - start)) // 3)
+    stop = min(len(text), max(begin + width, end))
+    begin = max(0, min(begin, stop - width))
+    prefix, suffix = ("…" if begin > 0 else ""), ("…" if stop < len(text) else "")
+    snippet = prefix + re.sub(r"\s", " ", text[begin:stop]) + suffix
+    highlights = []
+    for hit in pattern.finditer(snippet):
+        highlights.append([_utf16_length(snippet[: hit.start()]), _utf16_length(snippet[: hit.end()])])
+    return snippet, highlights
+
+
+def _utf16_length(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
 
 
 def _parse_uuid(value) -> uuid.UUID:

@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/models/", api.models_list),
     path("api/conversations/", api.conversations),
     path("api/conversations/<str:conversation_id>/", api.conversation_detail),
+    path("api/conversations/<str:conversation_id>/export/", api.conversation_export),
     path("api/conversations/<str:conversation_id>/members/", api.members),
     path("api/conversations/<str:conversation_id>/members/<str:username>/", api.member_detail),
     path("api/conversations/<str:conversation_id>/messages/", api.messages),
