@@ -1,4 +1,7 @@
-"""``python -m bench [fanout] [ttft] [capacity] [writes] [memory] [slowreader] [--quick] [--no-doc] [--postgres]``"""
+"""``python -m bench [fanout] [ttft] [capacity] [writes] [memory] [slowreader] [search] [--quick] [--no-doc]``
+
+``--postgres``: the deployment on PostgreSQL (``search`` measures SQLite and PostgreSQL whatever it says).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from . import capacity, fanout, first_token, memory, report, slowreader, writes
+from . import capacity, fanout, first_token, memory, report, search, slowreader, writes
 from .deployment import Deployment, raise_fd_limit
 
 # In the order of docs/benchmarks.md; RUN_ORDER measures time to first token first, on a quiet deployment.
@@ -19,8 +22,9 @@ SCENARIOS = {
     "writes": writes,
     "memory": memory,
     "slowreader": slowreader,
+    "search": search,
 }
-RUN_ORDER = ("ttft", "fanout", "capacity", "writes", "memory", "slowreader")
+RUN_ORDER = ("ttft", "fanout", "capacity", "writes", "memory", "slowreader", "search")
 
 
 def parse_args(argv):
