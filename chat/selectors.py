@@ -349,9 +349,7 @@ def message_parent_for_post(*, conversation, parent_id) -> Message | None:
     if parent_id is None:
         return None
     try:
-        return Message.objects.get(
-            pk=uuid.UUID(str(parent_id)), conversation=conversation, role=Message.Role.ASSISTANT
-        )
+        return Message.objects.get(pk=uuid.UUID(str(parent_id)), conversation=conversation, role=Message.Role.ASSISTANT)
     except (ValueError, Message.DoesNotExist):
         raise InvalidInput(
             "parent must be the id of an assistant reply in this conversation, or null to start a new thread.",
