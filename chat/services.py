@@ -79,13 +79,17 @@ def conversation_delete(*, conversation, user) -> None:
 
 @transaction.atomic
 def conversation_member_add(*, conversation, user, username: str) -> Conversation:
-    """Share the conversation with an active user (owner only). Adding twice is harmless."""
+    """Share the conversation with an active user (owner only). Adding twice is harmless.
+
+    The username is matched case-insensitively (contract v2); an exact match
+    wins where two accounts differ only in case.
+    """
     _require_owner(conversation=conversation, user=user)
     User = get_user_model()
-    try:
-        member = User.objects.get(username=username, is_active=True)
-    except User.DoesNotExist:
-        raise NotFound(f"There is no active user named {username!r}.", code="user_not_found") from None
+    candidates = list(User.objects.filter(username__iexact=username, is_active=True)[:10])
+    member = next((c for c in candidates if c.username == username), candidates[0] if len(candidates) == 1 else None)
+    if member is None:
+        raise NotFound(f"There is no active user named {username!r}.", code="user_not_found")
     if member.pk == conversation.owner_id:
         raise InvalidInput("The owner already has access to the conversation.", code="already_owner")
     # Count and add under the conversation's row lock, so two adds at the

@@ -245,6 +245,18 @@ def test_add_member(api, owner, outsider, conversation):
     assert api(owner).post(url(conversation, "members/"), {"username": "otto"}).json()["members"] == ["max", "otto"]
 
 
+@pytest.mark.django_db
+def test_adding_a_member_ignores_case_but_prefers_an_exact_match(api, owner, outsider, make_user, conversation):
+    response = api(owner).post(url(conversation, "members/"), {"username": "OTTO"})
+    assert response.status_code == 201 and "otto" in response.json()["members"]
+    make_user("Max2")
+    make_user("max2")
+    response = api(owner).post(url(conversation, "members/"), {"username": "Max2"})
+    assert "Max2" in response.json()["members"] and "max2" not in response.json()["members"]
+    # Two accounts that differ only in case and neither exact: nobody is guessed.
+    assert api(owner).post(url(conversation, "members/"), {"username": "MAX2"}).status_code == 404
+
+
 @pytest.mark.parametrize(
     "data,status,code",
     [
