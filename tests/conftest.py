@@ -393,13 +393,21 @@ class Stack:
         import psycopg
         from psycopg import sql
 
-        try:
-            with psycopg.connect(self.server_url, autocommit=True, connect_timeout=5) as connection:
-                connection.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.postgres_name))
-                )
-        except psycopg.OperationalError:
-            pass  # the server is gone already (a stopped PostgresServer)
+        def dropped():
+            try:
+                with psycopg.connect(self.server_url, autocommit=True, connect_timeout=5) as connection:
+                    connection.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.postgres_name))
+                    )
+            except psycopg.errors.InsufficientPrivilege:
+                # FORCE may not end a backend of another role (an autovacuum worker in the
+                # database, when the role lacks pg_signal_backend): it ends soon by itself.
+                return False
+            except psycopg.OperationalError:
+                pass  # the server is gone already (a stopped PostgresServer)
+            return True
+
+        eventually(dropped, timeout=30, interval=0.2)
 
     def manage(self, *args, input=None):
         return subprocess.run(
