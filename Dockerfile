@@ -16,14 +16,18 @@ RUN groupadd --system --gid 10001 app \
 WORKDIR /app
 
 # Requirements before the code, so a code change reuses the installed layer.
+# Each comes from a lock with a hash for every file (`make lock`, for Python 3.11
+# on Linux x86_64 like this image); pip and setuptools first, from their own lock.
 COPY requirements/ requirements/
-RUN pip install -r requirements/production.txt
-# LDAP sign-in (requirements/ldap.txt, used when LDAP_SERVER_URI is set): python-ldap
-# compiles against OpenLDAP. The compiler and headers go away in this same layer;
+RUN pip install --require-hashes -r requirements/build.lock \
+ && pip install --require-hashes -r requirements/production.lock
+# LDAP sign-in (requirements/ldap.lock, used when LDAP_SERVER_URI is set): python-ldap
+# compiles against OpenLDAP, with build.lock's setuptools (no build isolation, so no
+# unhashed download). The compiler and headers go away in this same layer;
 # the libraries its module links to are kept (marked manual before the autoremove).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev libldap2-dev libsasl2-dev \
- && pip install -r requirements/ldap.txt \
+ && pip install --require-hashes --no-build-isolation -r requirements/ldap.lock \
  && find /usr/local/lib/python3.11/site-packages -name '_ldap*.so' -exec ldd {} + \
     | awk '/=>/ { so = $(NF-1); if (index(so, "/usr/local/") == 1) next; gsub("^/(usr/)?", "", so); print "*" so }' \
     | sort -u | xargs -r dpkg-query --search | cut -d: -f1 | sort -u | xargs -r apt-mark manual \

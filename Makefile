@@ -10,25 +10,43 @@ PORT ?= 8000
 POSTGRES_URL ?=
 export POSTGRES_URL
 
-.PHONY: run test test-deps test-postgres setup install install-ldap migrate admin bench lint format check-deploy clean
+.PHONY: run test test-deps test-postgres setup install install-ldap lock migrate admin bench lint format check-deploy clean
+
+# Every install comes from a lock (requirements/*.lock, written by `make lock`
+# from the *.in files) with a hash for each file: a changed upload fails the install.
+PIP_INSTALL := $(BIN)/pip install --quiet --require-hashes
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python requirements/base.txt requirements/dev.txt
-	$(BIN)/pip install --quiet -r requirements/dev.txt
+$(VENV)/.installed: $(BIN)/python requirements/build.lock requirements/dev.lock
+	$(PIP_INSTALL) -r requirements/build.lock
+	$(PIP_INSTALL) -r requirements/dev.lock
 	touch $@
 
 install: $(VENV)/.installed
 
 # LDAP sign-in's optional requirements: python-ldap compiles against OpenLDAP's
 # headers (scripts/test-deps installs them), so `make run` does not need them.
-$(VENV)/.installed-ldap: $(VENV)/.installed requirements/ldap.txt
-	$(BIN)/pip install --quiet -r requirements/ldap.txt
+# No build isolation: python-ldap builds with build.lock's setuptools, not an unhashed download.
+$(VENV)/.installed-ldap: $(VENV)/.installed requirements/ldap.lock
+	$(PIP_INSTALL) --no-build-isolation -r requirements/ldap.lock
 	touch $@
 
 install-ldap: $(VENV)/.installed-ldap
+
+## lock: rewrite requirements/*.lock from the pins in requirements/*.in (every transitive dependency, with hashes)
+# For CI's and the image's Python (3.11, Linux x86_64) whatever machine runs it. An existing
+# lock's versions are kept unless an input changed; the other locks take base.lock's versions,
+# so a package in two locks is the same release in both.
+UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock"
+lock: install
+	$(UV_COMPILE) requirements/build.in -o requirements/build.lock
+	$(UV_COMPILE) requirements/base.in -o requirements/base.lock
+	for name in production dev ldap; do \
+		$(UV_COMPILE) requirements/$$name.in -c requirements/base.lock -o requirements/$$name.lock || exit 1; \
+	done
 
 setup: install
 	$(BIN)/python manage.py migrate --noinput

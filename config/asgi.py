@@ -33,9 +33,9 @@ django_application = ChatASGIHandler()
 from django.conf import settings  # noqa: E402
 
 if settings.SERVE_STATIC:
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+    from chat.staticfiles import StaticFilesHandler
 
-    django_application = ASGIStaticFilesHandler(django_application)
+    django_application = StaticFilesHandler(django_application)
 
 from chat.streaming import ensure_background  # noqa: E402  (needs Django set up)
 

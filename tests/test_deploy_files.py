@@ -6,6 +6,7 @@ app or an image really reads, and that nginx streams events unbuffered. nginx's
 own parser checks docker/nginx.conf (`make test` installs nginx).
 """
 
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -279,7 +281,8 @@ def test_dockerfile_web_stage_is_slim_and_runs_as_a_non_root_user():
     assert web[0] == ("FROM", "python:3.11-slim AS web")
     users = [arguments for keyword, arguments in web if keyword == "USER"]
     assert users and users[-1] not in ("root", "0"), f"the web image must end as a non-root USER, not {users}"
-    assert ("RUN", "pip install -r requirements/production.txt") in web
+    installs = [arguments for keyword, arguments in web if keyword == "RUN" and "pip install" in arguments]
+    assert any("pip install --require-hashes -r requirements/production.lock" in run for run in installs), installs
     assert ("EXPOSE", "8000") in web
 
 
@@ -426,6 +429,16 @@ def test_nginx_forwards_the_client_host_address_and_scheme():
         assert re.search(rf"proxy_set_header {header} \$\w+;", directives), f"nginx.conf does not set {header}"
 
 
+def test_nginx_caches_hashed_static_names_for_good_and_plain_ones_briefly():
+    static = re.search(r"location /static/ \{(.*)\n\}", nginx_directives(), re.DOTALL)
+    hashed = re.search(r'location ~ "([^"]+)" \{(.*?)\}', static[1], re.DOTALL)
+
+    assert hashed, "nginx.conf needs a location for hashed names inside /static/"
+    assert 'add_header Cache-Control "public, max-age=31536000, immutable";' in hashed[2]
+    assert re.search(hashed[1], "chat/js/main.3f2a9c1e07b4.js") and not re.search(hashed[1], "chat/js/main.js")
+    assert "expires 1h;" in static[1]
+
+
 def test_nginx_serves_static_files_from_where_the_image_puts_them():
     static = re.search(r"location /static/ \{(.*?)\}", nginx_directives(), re.DOTALL)
 
@@ -437,21 +450,24 @@ def test_nginx_serves_static_files_from_where_the_image_puts_them():
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
-def test_nginx_accepts_the_config(tmp_path):
+def local_nginx_config(tmp_path, port: int) -> list[str]:
+    """docker/nginx.conf made runnable here, in ``tmp_path`` (static files in tmp_path/static): nginx's command line.
+
+    Container names resolve only inside compose. nginx binds the listen port
+    and opens its paths: a free port and tmp_path let it run as any user.
+    """
     if NGINX is None:
         pytest.fail(
-            "nginx is not installed: this test runs `nginx -t` on docker/nginx.conf. "
+            "nginx is not installed: this test runs it on docker/nginx.conf. "
             "Install it with `make test-deps` (as root) or `sudo apt-get install -y nginx`.",
             pytrace=False,
         )
-    (tmp_path / "static").mkdir()
+    (tmp_path / "static").mkdir(exist_ok=True)
     mime_types = Path("/etc/nginx/mime.types")
     (tmp_path / "mime.types").write_text(mime_types.read_text() if mime_types.exists() else "types {}\n")
-    # Container names resolve only inside compose. nginx -t binds the listen
-    # port and opens its paths: a free port and tmp_path let it run as any user.
     config = (
         NGINX_CONF.read_text()
-        .replace("listen 80;", f"listen 127.0.0.1:{free_port()};")
+        .replace("listen 80;", f"listen 127.0.0.1:{port};")
         .replace("web1:8000", "127.0.0.1:18001")
         .replace("web2:8000", "127.0.0.1:18002")
         .replace("/etc/nginx/mime.types", str(tmp_path / "mime.types"))
@@ -464,10 +480,149 @@ def test_nginx_accepts_the_config(tmp_path):
     config = config.replace("http {\n", "http {\n" + temp_paths, 1)
     assert not re.search(r"web1|/srv/|/var/log/|listen 80;", config), "nginx.conf changed: update this test's rewrites"
     (tmp_path / "nginx.conf").write_text(config)
+    return [NGINX, "-p", f"{tmp_path}/", "-e", "error.log", "-c", "nginx.conf"]
 
-    command = [NGINX, "-t", "-p", f"{tmp_path}/", "-e", "error.log", "-c", "nginx.conf", "-g", "pid nginx.pid;"]
+
+def test_nginx_accepts_the_config(tmp_path):
+    command = [*local_nginx_config(tmp_path, free_port()), "-t", "-g", "pid nginx.pid;"]
 
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
 
     assert result.returncode == 0, f"nginx -t rejected docker/nginx.conf:\n{result.stderr}"
     assert "test is successful" in result.stderr
+
+
+def test_nginx_serves_hashed_static_names_immutable_and_plain_ones_for_an_hour(tmp_path):
+    """Real nginx on docker/nginx.conf over files collected with production's hashed storage."""
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    storages = {**settings.STORAGES, "staticfiles": {"BACKEND": "chat.staticfiles.HashedStaticFilesStorage"}}
+    with override_settings(STATIC_ROOT=tmp_path / "static", STORAGES=storages):
+        call_command("collectstatic", interactive=False, verbosity=0)
+    manifest = json.loads((tmp_path / "static" / "staticfiles.json").read_text())["paths"]
+    port = free_port()
+    # As root, nginx's workers run as nobody, who may not read tmp_path.
+    globals_ = "daemon off; pid nginx.pid;" + (" user root;" if os.geteuid() == 0 else "")
+    proc = subprocess.Popen([*local_nginx_config(tmp_path, port), "-g", globals_], cwd=tmp_path)
+    try:
+        wait_for_port(port, proc=proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            hashed = client.get(f"/static/{manifest['chat/js/main.js']}")
+            plain = client.get("/static/chat/js/main.js")
+            missing = client.get("/static/chat/js/main.0123456789ab.js")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    assert hashed.status_code == 200 and hashed.headers["content-type"] == "application/javascript"
+    assert hashed.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert plain.status_code == 200 and plain.headers["cache-control"] == "max-age=3600"
+    # A 404 is never cached for good: the file may be deployed a minute later.
+    assert missing.status_code == 404 and "immutable" not in missing.headers.get("cache-control", "")
+
+
+# --- requirements/: the inputs (*.in) and their hashed locks (*.lock) ---------------
+
+REQUIREMENTS = ROOT / "requirements"
+# name[extras]==version, as an input pins it.
+PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(\S+)")
+LOCKED = re.compile(r"([a-z0-9][a-z0-9.-]*)==(\S+)((?: --hash=sha256:[0-9a-f]{64})+)")
+
+
+def normalized(name: str) -> str:
+    """A package name as PyPI compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def input_pins(path: Path) -> dict[str, str]:
+    """name -> version for every requirement of an input file, its ``-r`` includes followed."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split(" #")[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("-r "):
+            pins |= input_pins(path.parent / line[3:].strip())
+            continue
+        match = PIN.fullmatch(line)
+        assert match, f"{path.name}: {line!r} is not pinned to one version with =="
+        pins[normalized(match[1])] = match[2]
+    return pins
+
+
+def lock_entries(path: Path) -> dict[str, str]:
+    """name -> version of every package of a lock; fails on a line that is not a pinned, hashed release."""
+    text = re.sub(r"\s*\\\n\s*", " ", path.read_text())
+    entries = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = LOCKED.fullmatch(line)
+        assert match, f"{path.name}: {line[:100]!r} is not `name==version --hash=sha256:...`"
+        entries[match[1]] = match[2]
+    return entries
+
+
+def test_every_input_has_its_lock():
+    inputs = {path.stem for path in REQUIREMENTS.glob("*.in")}
+    locks = {path.stem for path in REQUIREMENTS.glob("*.lock")}
+
+    assert inputs == locks, f"inputs without a lock: {inputs - locks}; locks without an input: {locks - inputs}"
+    assert {"build", "base", "dev", "production", "ldap"} <= inputs
+    assert not list(REQUIREMENTS.glob("*.txt")), "requirements are *.in (edited) and *.lock (`make lock`)"
+
+
+def test_every_lock_line_is_a_pinned_release_with_its_hashes():
+    for lock in REQUIREMENTS.glob("*.lock"):
+        assert lock_entries(lock), f"{lock.name} locks nothing"
+
+
+def test_every_pin_of_an_input_is_in_its_lock_at_the_same_version():
+    """A pin changed or added in a *.in file without `make lock` fails here."""
+    for source in REQUIREMENTS.glob("*.in"):
+        locked = lock_entries(source.with_suffix(".lock"))
+        for name, version in input_pins(source).items():
+            assert name in locked, f"{source.name} pins {name}, missing from {source.stem}.lock: run `make lock`"
+            assert locked[name] == version, (
+                f"{source.name} pins {name}=={version} but {source.stem}.lock has {locked[name]}: run `make lock`"
+            )
+
+
+def test_a_package_in_two_locks_is_the_same_release():
+    seen: dict[str, tuple[str, str]] = {}
+    for lock in sorted(REQUIREMENTS.glob("*.lock")):
+        for name, version in lock_entries(lock).items():
+            first = seen.setdefault(name, (version, lock.name))
+            assert first[0] == version, f"{name} is {first[0]} in {first[1]} but {version} in {lock.name}"
+
+
+def test_locks_are_for_the_images_python():
+    python = re.search(r"^FROM python:(\d+\.\d+)", DOCKERFILE.read_text(), re.MULTILINE)[1]
+    makefile = (ROOT / "Makefile").read_text()
+
+    assert f"--python-version {python}" in makefile
+    assert "--python-platform x86_64-unknown-linux-gnu" in makefile
+    assert "--generate-hashes" in makefile
+
+
+def test_every_install_uses_a_lock_with_hashes():
+    """Makefile, Dockerfile and scripts/: each `pip install` checks hashes and reads a lock, nothing else."""
+    makefile = (ROOT / "Makefile").read_text()
+    variables = dict(re.findall(r"^(\w+) :?= (.*)$", makefile, re.MULTILINE))
+    files = {"Makefile": makefile, "Dockerfile": DOCKERFILE.read_text()}
+    files |= {f"scripts/{path.name}": path.read_text() for path in (ROOT / "scripts").iterdir() if path.is_file()}
+    installs = []
+    for name, text in files.items():
+        text = re.sub(r"\$\((\w+)\)", lambda match: variables.get(match[1], match[0]), text)
+        for line in text.splitlines():
+            # A comment, or the Makefile's definition that the lines using it were expanded with.
+            if line.lstrip().startswith("#") or re.match(r"\w+ :?= ", line):
+                continue
+            if re.search(r"\bpip install\b", line):
+                installs.append((name, line.strip()))
+                assert "--require-hashes" in line, f"{name}: `{line.strip()}` does not check hashes"
+                assert re.search(r" -r requirements/\w+\.lock\b", line), f"{name}: `{line.strip()}` reads no lock"
+    assert {name for name, _ in installs} >= {"Makefile", "Dockerfile"}

@@ -148,7 +148,7 @@ AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
 
 # Sign-in against an LDAP directory / Active Directory (docs/auth.md), only
 # when LDAP_SERVER_URI is set. django-auth-ldap and python-ldap are the
-# optional requirements/ldap.txt, imported only then.
+# optional requirements/ldap.lock (`make install-ldap`), imported only then.
 LDAP_SERVER_URI = env("LDAP_SERVER_URI", default="")
 if LDAP_SERVER_URI:
     try:
@@ -156,7 +156,7 @@ if LDAP_SERVER_URI:
         from django_auth_ldap.config import ActiveDirectoryGroupType, GroupOfNamesType, LDAPSearch, PosixGroupType
     except ImportError as exc:
         raise ImproperlyConfigured(
-            "LDAP_SERVER_URI is set but django-auth-ldap is not installed: pip install -r requirements/ldap.txt "
+            "LDAP_SERVER_URI is set but django-auth-ldap is not installed: make install-ldap (requirements/ldap.lock) "
             "(python-ldap compiles: apt-get install gcc python3-dev libldap2-dev libsasl2-dev)."
         ) from exc
 
@@ -267,6 +267,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Plain names here: `make run` and the tests serve static/ as it is, without
+# collectstatic. Production hashes them (chat/staticfiles.py).
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 
 # Strict Content-Security-Policy: everything from 'self', no inline script,
 # no eval; images only from this host (model output cannot make the browser

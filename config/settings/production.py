@@ -8,7 +8,7 @@ HTTPS-only by default: secure cookies, HSTS, and a redirect of plain HTTP
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *
-from .base import LOGGING, env
+from .base import LOGGING, STORAGES, env
 
 SECRET_KEY = env("SECRET_KEY", default="")
 if not SECRET_KEY:
@@ -39,3 +39,8 @@ LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT
 
 # nginx serves /static/ (docker/nginx.conf); the app does not.
 SERVE_STATIC = env.bool("SERVE_STATIC", default=False)
+# Names with their content's hash (main.3f2a9c1e.js), imports between modules
+# rewritten to match: nginx caches them for good. `collectstatic` must run
+# before the app serves a page (the Dockerfile runs it; chat.E003 checks it
+# when SERVE_STATIC is on).
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "chat.staticfiles.HashedStaticFilesStorage"}}

@@ -124,7 +124,7 @@ def playwright_api():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("The playwright package is missing: pip install -r requirements/dev.txt", pytrace=False)
+        pytest.fail("The playwright package is missing: make install (requirements/dev.lock)", pytrace=False)
     manager = sync_playwright().start()
     yield manager
     manager.stop()
