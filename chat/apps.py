@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.core import checks as django_checks
 
 
 class ChatConfig(AppConfig):
@@ -7,6 +8,8 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from . import receivers
+        from . import checks, receivers
 
         receivers.connect()
+        for check in (checks.llm_api, checks.llm_base_url, checks.static_manifest):
+            django_checks.register(check)

@@ -12,6 +12,9 @@ from .dashscope import DashScopeProvider
 from .demo import DemoProvider
 from .openai import OpenAIProvider
 
+# The values LLM_API may take (chat/checks.py names a misspelt one at start-up).
+APIS = ("openai", "dashscope", "demo")
+
 _clients: dict[tuple[asyncio.AbstractEventLoop, float, float], httpx.AsyncClient] = {}
 _POOLS = 16
 
@@ -29,7 +32,7 @@ def build_provider(
         return DashScopeProvider(base_url=base_url, api_key=api_key, client=client, max_tokens=max_tokens)
     if api == "demo":
         return DemoProvider()
-    raise ValueError(f"Unknown LLM_API {api!r}: use 'openai', 'dashscope' or 'demo'.")
+    raise ValueError(f"Unknown LLM_API {api!r}: use one of {', '.join(APIS)}.")
 
 
 def shared_client(*, connect_timeout: float, read_timeout: float) -> httpx.AsyncClient:

@@ -11,7 +11,7 @@ import asyncio
 import os
 import sys
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, SystemCheckError
 
 
 class Command(BaseCommand):
@@ -21,6 +21,12 @@ class Command(BaseCommand):
         parser.add_argument("daphne_args", nargs="*", help="daphne options, e.g. -b 0.0.0.0 -p 8000")
 
     def run_from_argv(self, argv):
+        # The system checks first (chat/checks.py): a misconfigured server refuses to start.
+        try:
+            self.check()
+        except SystemCheckError as error:
+            self.stderr.write(str(error))
+            sys.exit(1)
         # Pass everything after "serve" to daphne untouched (its options start with "-").
         self.handle(daphne_args=argv[2:])
 
