@@ -34,6 +34,39 @@ FINAL_EVENTS = {
     "interrupted": MESSAGE_INTERRUPTED,
 }
 
+# Every event a client may receive. The browser subscribes to exactly these: an
+# event missing here would be dropped by every open tab without a sound.
+CLIENT_EVENTS = (
+    MESSAGE_CREATED,
+    MESSAGE_DELTA,
+    MESSAGE_SNAPSHOT,
+    MESSAGE_COMPLETED,
+    MESSAGE_FAILED,
+    MESSAGE_CANCELLED,
+    MESSAGE_INTERRUPTED,
+    CONVERSATION_UPDATED,
+    RESYNC,
+    ACCESS_REVOKED,
+)
+INTERNAL_EVENTS = (CONVERSATION_DELETED,)
+
+
+def browser_names() -> dict:
+    """The names the browser's code uses, for the page to carry as JSON (``chat-events``).
+
+    ``events``: constant name -> event (``{"MESSAGE_DELTA": "message.delta", ...}``),
+    every client event; ``final``: message status -> its final event;
+    ``revoked``: the reasons ``access.revoked`` gives. static/chat/js/events.js
+    reads it; no module there spells an event name itself.
+    """
+    names = {name: value for name, value in globals().items() if isinstance(value, str) and value in CLIENT_EVENTS}
+    return {
+        "events": names,
+        "final": dict(FINAL_EVENTS),
+        "revoked": {"REMOVED": REVOKED_REMOVED, "DELETED": REVOKED_DELETED, "SIGNED_OUT": REVOKED_SIGNED_OUT},
+    }
+
+
 HEARTBEAT = b": ping\n\n"
 
 

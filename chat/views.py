@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.views import defaults
 from django.views.decorators.http import require_POST
 
-from . import selectors, services, streaming
+from . import events, selectors, services, streaming
 from .api import available_models, parse_expiry
 from .errors import ChatError, Forbidden, InvalidInput, NotFound
 from .eventlog import get_event_log
@@ -54,7 +54,8 @@ def _shell(request, *, conversation=None):
         body = conversation_to_dict(conversation)
         body["messages"] = [message_to_dict(m) for m in selectors.message_list(conversation=conversation)]
         initial["conversation"] = body
-    return render(request, "chat/app.html", {"initial": initial, "conversation": conversation})
+    context = {"initial": initial, "conversation": conversation, "event_names": events.browser_names()}
+    return render(request, "chat/app.html", context)
 
 
 @login_required

@@ -13,10 +13,8 @@
 // waits for the stream's snapshot before applying deltas.
 
 import { api, urls } from "./api.js";
+import { EVENTS, FINAL_STATUSES, FINAL_TYPES } from "./events.js";
 import { ConversationStream } from "./stream.js";
-
-const FINAL_TYPES = new Set(["message.completed", "message.failed", "message.cancelled", "message.interrupted"]);
-const FINAL_STATUSES = new Set(["complete", "failed", "cancelled", "interrupted"]);
 
 export class OpenConversation {
   /**
@@ -244,22 +242,22 @@ export class OpenConversation {
 
   applyEvent(type, data) {
     if (this.closed) return;
-    if (type === "conversation.updated") {
+    if (type === EVENTS.CONVERSATION_UPDATED) {
       this.hooks.onConversationUpdated(data);
       return;
     }
-    if (type === "resync") {
+    if (type === EVENTS.RESYNC) {
       this.resync();
       return;
     }
-    if (type === "message.delta") {
+    if (type === EVENTS.MESSAGE_DELTA) {
       this.applyDelta(data);
       return;
     }
-    const message = type === "message.snapshot" ? data.message : data;
+    const message = type === EVENTS.MESSAGE_SNAPSHOT ? data.message : data;
     if (!message || message.conversation !== this.id) return;
-    if (type === "message.snapshot") this.applySnapshot(message, data.seq);
-    else if (type === "message.created") this.applyCreated(message);
+    if (type === EVENTS.MESSAGE_SNAPSHOT) this.applySnapshot(message, data.seq);
+    else if (type === EVENTS.MESSAGE_CREATED) this.applyCreated(message);
     else if (FINAL_TYPES.has(type)) this.applyFinal(message);
     this.relayoutIfGrown();
     this.streamingChanged();

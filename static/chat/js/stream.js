@@ -6,18 +6,10 @@
 // or the network goes away, a new EventSource resumes with ?last_event_id=.
 
 import { api, ApiError, urls } from "./api.js";
+import { CLIENT_EVENTS, EVENTS, REVOKED } from "./events.js";
 
-export const EVENT_TYPES = [
-  "message.created",
-  "message.delta",
-  "message.snapshot",
-  "message.completed",
-  "message.failed",
-  "message.cancelled",
-  "message.interrupted",
-  "conversation.updated",
-  "resync",
-];
+// Every client event but access.revoked, which ends the stream (below).
+const HANDED_ON = CLIENT_EVENTS.filter((type) => type !== EVENTS.ACCESS_REVOKED);
 
 const MAX_BACKOFF_MS = 30000;
 
@@ -89,7 +81,7 @@ export class ConversationStream {
       this.checkThenRetry();
     };
     // The server ends this stream for good: the viewer lost access. Never reconnect.
-    source.addEventListener("access.revoked", (event) => {
+    source.addEventListener(EVENTS.ACCESS_REVOKED, (event) => {
       if (source !== this.source) return;
       let reason = "";
       try {
@@ -100,9 +92,9 @@ export class ConversationStream {
       this.closed = true;
       clearTimeout(this.retryTimer);
       this.dropSource();
-      this.onState(reason === "signed_out" ? "signed-out" : "gone");
+      this.onState(reason === REVOKED.SIGNED_OUT ? "signed-out" : "gone");
     });
-    for (const type of EVENT_TYPES) {
+    for (const type of HANDED_ON) {
       source.addEventListener(type, (event) => {
         if (source !== this.source) return;
         if (event.lastEventId) this.lastEventId = event.lastEventId;
