@@ -32,7 +32,7 @@ from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.middleware import SessionRefresh as LibrarySessionRefresh
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
 
-from . import streaming
+from . import publish
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ def end_oidc_sessions(*, user_id) -> int:
         if data.get(SESSION_KEY) == str(user_id) and data.get(BACKEND_SESSION_KEY) == BACKEND_PATH:
             ended.append(session.session_key)
     Session.objects.filter(session_key__in=ended).delete()
-    streaming.publish_access_change(user_id=user_id)
+    publish.access_changed(user_id=user_id)
     return len(ended)
 
 

@@ -12,7 +12,7 @@ from django.contrib.auth.signals import user_logged_out
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
-from . import streaming
+from . import publish
 
 # A sign-in saves only last_login: nobody's access changed.
 _HARMLESS_UPDATES = frozenset({"last_login"})
@@ -22,19 +22,19 @@ def _signed_out(sender, request, user, **kwargs):
     # Sent before the session is flushed, so the ended session is named
     # rather than re-checked (a re-check now would still find it valid).
     if user is not None and request is not None:
-        streaming.publish_access_change(user_id=user.pk, ended_session=request.session.session_key)
+        publish.access_changed(user_id=user.pk, ended_session=request.session.session_key)
 
 
 def _user_saved(sender, instance, created, update_fields=None, **kwargs):
     if created or (update_fields is not None and set(update_fields) <= _HARMLESS_UPDATES):
         return
     user_id = instance.pk
-    transaction.on_commit(lambda: streaming.publish_access_change(user_id=user_id))
+    transaction.on_commit(lambda: publish.access_changed(user_id=user_id))
 
 
 def _user_deleted(sender, instance, **kwargs):
     user_id = instance.pk
-    transaction.on_commit(lambda: streaming.publish_access_change(user_id=user_id))
+    transaction.on_commit(lambda: publish.access_changed(user_id=user_id))
 
 
 def connect() -> None:

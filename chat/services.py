@@ -1,7 +1,7 @@
 """Writes. Sync, keyword-only, one transaction each; async callers use ``database_sync_to_async``.
 
 Services never publish events themselves: they return what changed and the
-caller (``chat.api`` / ``chat.streaming``) publishes, after the commit.
+caller (``chat.api`` / ``chat.generation``) publishes, after the commit.
 """
 
 import secrets
@@ -712,7 +712,7 @@ def api_token_revoke(*, token: ApiToken, actor, request=None) -> bool:
 
     Sets ``revoked_at`` unless already set (False then, nothing written) and
     writes a ``token_revoked`` audit row. The caller then ends the streams
-    opened with it: ``streaming.publish_access_change(user_id=token.user_id,
+    opened with it: ``publish.access_changed(user_id=token.user_id,
     ended_session=token.stream_credential)``.
     """
     now = timezone.now()

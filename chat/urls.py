@@ -1,14 +1,14 @@
 from django.urls import path, re_path
 
-from . import api, views
+from . import api, eventstreams, health, views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("c/<uuid:conversation_id>/", views.conversation_page, name="conversation"),
     path("settings/tokens/", views.api_tokens_page, name="api_tokens"),
     path("settings/tokens/<int:token_id>/revoke/", views.api_token_revoke, name="api_token_revoke"),
-    path("healthz", views.healthz, name="healthz"),
-    path("readyz", views.readyz, name="readyz"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("api/models/", api.models_list),
     path("api/conversations/", api.conversations),
     path("api/conversations/<str:conversation_id>/", api.conversation_detail),
@@ -18,7 +18,7 @@ urlpatterns = [
     path("api/conversations/<str:conversation_id>/messages/", api.messages),
     path("api/conversations/<str:conversation_id>/messages/<str:message_id>/stop/", api.message_stop),
     path("api/conversations/<str:conversation_id>/messages/<str:message_id>/regenerate/", api.message_regenerate),
-    path("api/conversations/<str:conversation_id>/events/", api.events),
+    path("api/conversations/<str:conversation_id>/events/", eventstreams.events),
     path("api/tokens/", api.tokens),
     path("api/tokens/<str:token_id>/", api.token_detail),
     # Anything else under /api/ is a JSON 404, not an HTML page.

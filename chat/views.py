@@ -1,40 +1,20 @@
-"""Server-rendered pages, health checks, and the error pages (JSON under /api/)."""
+"""Server-rendered pages: the chat app's page, API tokens, sign-up."""
 
-import asyncio
-import copy
-import logging
-
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
-from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.utils import load_backend
-from django.http import Http404, JsonResponse
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.views import defaults
 from django.views.decorators.http import require_POST
 
-from . import events, selectors, services, streaming
-from .api import available_models, parse_expiry
-from .errors import ChatError, Forbidden, InvalidInput, NotFound
-from .eventlog import get_event_log
+from . import events, publish, selectors, services
+from .errors import InvalidInput, NotFound
+from .generation import available_models
+from .http import parse_expiry
 from .serializers import conversation_to_dict, message_to_dict
-
-logger = logging.getLogger(__name__)
-# Each readiness check gives up after this long (seconds).
-READY_TIMEOUT_SECONDS = 2.0
-
-
-def _error_json(error: ChatError):
-    return JsonResponse({"error": {"code": error.code, "message": error.message}}, status=error.status)
-
-
-def _is_api(request) -> bool:
-    return request.path.startswith("/api/")
 
 
 def _shell(request, *, conversation=None):
@@ -97,7 +77,7 @@ def api_token_revoke(request, token_id):
     except NotFound:
         raise Http404("No such API token.") from None
     if services.api_token_revoke(token=token, actor=request.user, request=request):
-        streaming.publish_access_change(user_id=token.user_id, ended_session=token.stream_credential)
+        publish.access_changed(user_id=token.user_id, ended_session=token.stream_credential)
         messages.success(request, f"Revoked “{token.name}”: it no longer works.")
     return redirect("api_tokens")
 
@@ -121,107 +101,6 @@ def signup(request):
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("home")
     return render(request, "registration/signup.html", {"form": form})
-
-
-def bad_request(request, exception=None):
-    if _is_api(request):
-        return _error_json(InvalidInput("The request could not be understood.", code="bad_request"))
-    return defaults.bad_request(request, exception)
-
-
-def permission_denied(request, exception=None):
-    if _is_api(request):
-        return _error_json(Forbidden("You are not allowed to do this."))
-    return defaults.permission_denied(request, exception)
-
-
-def page_not_found(request, exception=None):
-    if _is_api(request):
-        return _error_json(NotFound("There is nothing at this address.", code="not_found"))
-    return defaults.page_not_found(request, exception)
-
-
-def server_error(request):
-    if _is_api(request):
-        response = JsonResponse(
-            {"error": {"code": "server_error", "message": "Something went wrong on the server; try again."}},
-            status=500,
-        )
-        return response
-    return defaults.server_error(request)
-
-
-def csrf_failure(request, reason=""):
-    if _is_api(request):
-        return _error_json(
-            Forbidden(
-                "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken header.",
-                code="csrf_failed",
-            )
-        )
-    from django.views.csrf import csrf_failure as default_csrf_failure
-
-    return default_csrf_failure(request, reason)
-
-
-def healthz(request):
-    """The process answers: 200, touching neither the database nor Redis."""
-    return JsonResponse({"status": "ok"})
-
-
-def _check_database():
-    """Read the migrations table on a connection of its own that gives up after READY_TIMEOUT_SECONDS.
-
-    Its own connection: the shared one could be mid-transaction in this
-    thread, and the configured timeouts (SQLite's 20 s lock wait, libpq's
-    none) are too long for a probe.
-    """
-    settings_dict = copy.deepcopy(connections.settings[DEFAULT_DB_ALIAS])
-    options = settings_dict.setdefault("OPTIONS", {})
-    if settings_dict["ENGINE"] == "django.db.backends.postgresql":
-        options["connect_timeout"] = max(1, round(READY_TIMEOUT_SECONDS))
-    elif settings_dict["ENGINE"] == "django.db.backends.sqlite3":
-        options["timeout"] = READY_TIMEOUT_SECONDS
-    database = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, DEFAULT_DB_ALIAS)
-    try:
-        with database.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM django_migrations LIMIT 1")
-    finally:
-        database.close()
-
-
-async def _ready(name, check):
-    try:
-        await asyncio.wait_for(check, timeout=READY_TIMEOUT_SECONDS)
-    except Exception as exc:  # any failure means not ready
-        logger.warning("readyz: %s unreachable: %s: %s", name, type(exc).__name__, exc)
-        return name
-    return None
-
-
-async def readyz(request):
-    """200 when the database and Redis (when REDIS_URL is set) answer; 503 naming what failed.
-
-    Both are checked at once, each given READY_TIMEOUT_SECONDS, so a probe
-    gets its answer within about that long even when a host drops packets.
-    """
-    results = await asyncio.gather(
-        _ready("database", sync_to_async(_check_database, thread_sensitive=False)()),
-        _ready("redis", get_event_log().ping()),
-    )
-    failed = [name for name in results if name]
-    if failed:
-        return JsonResponse(
-            {
-                "status": "unavailable",
-                "failed": failed,
-                "error": {"code": "not_ready", "message": f"Not ready: {' and '.join(failed)} unreachable."},
-            },
-            status=503,
-        )
-    return JsonResponse(
-        {"status": "ok", "checks": {"database": "ok", "redis": "ok" if settings.REDIS_URL else "not configured"}}
-    )
 
 
 def site(request):

@@ -1,4 +1,9 @@
-"""ASGI entry point: daphne serves ``config.asgi:application``."""
+"""ASGI entry point: daphne serves ``config.asgi:application`` (``manage.py serve``).
+
+Any other ASGI server can serve it too (uvicorn, for the bench's comparison):
+the process's start-up and shutdown hooks run on ASGI lifespan events, which
+daphne does not send; under daphne, ``serve`` runs the same hooks.
+"""
 
 import os
 
@@ -37,13 +42,39 @@ if settings.SERVE_STATIC:
 
     django_application = StaticFilesHandler(django_application)
 
-from chat.streaming import ensure_background  # noqa: E402  (needs Django set up)
+from chat.reaper import ensure_background, shutdown  # noqa: E402  (needs Django set up)
 
 
 async def application(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
     # Daphne has no lifespan events: start the process's reaper with the
     # first connection (``manage.py serve`` starts it before any).
     ensure_background()
     if scope["type"] != "http":
         raise ValueError(f"unsupported connection type {scope['type']!r}")
     await django_application(scope, receive, send)
+
+
+async def lifespan(receive, send) -> None:
+    """The ASGI lifespan protocol, for servers that send it (uvicorn, hypercorn; not daphne).
+
+    ``lifespan.startup`` starts this process's reaper and purge loops;
+    ``lifespan.shutdown`` ends its generations as ``interrupted`` with their
+    content (viewers told, as on daphne's SIGTERM) and stops the loops.
+    Replies ``*.complete``, or ``lifespan.shutdown.failed`` with the error.
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            ensure_background()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            try:
+                await shutdown()
+            except Exception as exc:  # the server reports it; the process ends all the same
+                await send({"type": "lifespan.shutdown.failed", "message": repr(exc)})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -49,7 +49,7 @@ if settings.OIDC_ISSUER:
         path("oidc/callback/", oidc.CallbackView.as_view(), name="oidc_authentication_callback"),
     ]
 
-handler400 = "chat.views.bad_request"
-handler403 = "chat.views.permission_denied"
-handler404 = "chat.views.page_not_found"
-handler500 = "chat.views.server_error"
+handler400 = "chat.handlers.bad_request"
+handler403 = "chat.handlers.permission_denied"
+handler404 = "chat.handlers.page_not_found"
+handler500 = "chat.handlers.server_error"

@@ -408,7 +408,7 @@ LOGGING = {
 if env.bool("LOG_SQL", default=False):
     LOGGING["loggers"]["django.db.backends"] = {"level": "DEBUG"}
 
-CSRF_FAILURE_VIEW = "chat.views.csrf_failure"
+CSRF_FAILURE_VIEW = "chat.handlers.csrf_failure"
 
 # Static files from the app itself (no proxy in front): `make run` and tests.
 # Production turns it off: nginx serves /static/ (docker/nginx.conf).

@@ -273,7 +273,7 @@ def test_with_redis_down_writes_either_succeed_or_are_refused_before_writing(fak
 @pytest.mark.asyncio
 async def test_an_error_inside_a_running_stream_ends_it_and_frees_its_slot(settings):
     """The client sees the stream end (and reconnects) instead of an open, silent connection."""
-    from chat import api
+    from chat import eventstreams
     from chat.eventlog import get_event_log
     from chat.events import CONVERSATION_UPDATED
     from chat.fanout import get_hub, publish
@@ -284,13 +284,15 @@ async def test_an_error_inside_a_running_stream_ends_it_and_frees_its_slot(setti
 
     conversation_id = str(uuid.uuid4())
     user = type("User", (), {"pk": 424242})()
-    slot = await api._open_stream_slot(user, limit=1)
+    slot = await eventstreams._open_stream_slot(user, limit=1)
     viewer = await get_hub().join(conversation_id)
-    stream = api._event_stream(viewer, BrokenAccess(), slot, last_id=await get_event_log().tail(conversation_id))
+    stream = eventstreams._event_stream(
+        viewer, BrokenAccess(), slot, last_id=await get_event_log().tail(conversation_id)
+    )
     assert (await anext(stream)).startswith(b"retry:")
     await publish(conversation_id, CONVERSATION_UPDATED, "{}")
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
     assert viewer not in viewer.feed.viewers
     # The slot is free again: a limit of one admits a new stream.
-    await api._release_slot(await api._open_stream_slot(user, limit=1))
+    await eventstreams._release_slot(await eventstreams._open_stream_slot(user, limit=1))

@@ -16,7 +16,7 @@ from django.apps import apps
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from chat import admin_reports, selectors, services, streaming
+from chat import admin_reports, generation, selectors, services
 from chat.errors import RateLimited
 from chat.models import Message, ModelPrice, UsageEntry, UsageLimit
 from chat.providers.base import TextDelta, Usage
@@ -110,7 +110,7 @@ def test_a_stopped_replys_estimated_tokens_count_toward_the_daily_quota(
     api, conversation, owner, monkeypatch, settings
 ):
     provider = ScriptedProvider([TextDelta("Let me think "), TextDelta("about 你好 " * 20)], hold=True)
-    monkeypatch.setattr(streaming, "get_provider", lambda: provider)
+    monkeypatch.setattr(generation, "get_provider", lambda: provider)
     reply, history, _ = generate(conversation, owner, stop_when=provider.holding)
     assert reply.status == "cancelled" and reply.usage_estimated
     expected = estimate_usage(system_prompt="Be brief.", history=history, received=[reply.content, ""])

@@ -13,7 +13,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.db import connection
 
-from chat import selectors, services, streaming
+from chat import generation, selectors, services
 from chat.eventlog import get_event_log
 from chat.models import Message
 from chat.providers.base import Finish, TextDelta, Usage
@@ -62,7 +62,7 @@ def generate(conversation, author, content="Hello 你好", *, stop_when=None):
     async def run():
         log = get_event_log()
         start = await log.tail(str(conversation.id))
-        generation = await streaming.generation_start(
+        running = await generation.generation_start(
             conversation=conversation,
             user_message=user_message,
             assistant_message=reply,
@@ -71,8 +71,8 @@ def generate(conversation, author, content="Hello 你好", *, stop_when=None):
         )
         if stop_when is not None:
             await stop_when.wait()
-            await streaming.generation_stop(message_id=reply.id)
-        await generation.task
+            await generation.generation_stop(message_id=reply.id)
+        await running.task
         return [SSEEvent(e.id, e.type, e.data) for e in await log.after(str(conversation.id), start)]
 
     events = async_to_sync(run)()
@@ -98,7 +98,7 @@ def test_a_refused_final_save_is_stored_made_safe_with_the_whole_reply(conversat
     # A lone surrogate (no UTF-8 form) and a negative count (the table's CHECK): the row as received is refused.
     pieces = ["The answer ", "is \ud83d", " 42", " and\x00 that is all."]
     provider = ScriptedProvider([*map(TextDelta, pieces), Usage(-5, 7, 2), Finish("stop")])
-    monkeypatch.setattr(streaming, "get_provider", lambda: provider)
+    monkeypatch.setattr(generation, "get_provider", lambda: provider)
     reply, history, events = generate(conversation, owner)
     safe = "The answer is \ufffd 42 and\ufffd that is all."
     assert reply.status == "complete" and reply.error is None and reply.finish_reason == "stop"
@@ -139,7 +139,7 @@ def test_when_even_the_safe_row_is_refused_the_reply_fails_storage_failed_keepin
             )
     pieces = [f"part {i} 你好 " for i in range(30)]
     provider = ScriptedProvider([*map(TextDelta, pieces), Usage(11, 30, 41), Finish("stop")])
-    monkeypatch.setattr(streaming, "get_provider", lambda: provider)
+    monkeypatch.setattr(generation, "get_provider", lambda: provider)
     reply, _, events = generate(conversation, owner)
     assert reply.status == "failed" and reply.content == "".join(pieces)
     assert reply.error["code"] == "storage_failed"
@@ -153,7 +153,7 @@ def test_when_even_the_safe_row_is_refused_the_reply_fails_storage_failed_keepin
 def test_finish_reason_longer_than_its_column_is_cut_not_lost(conversation, owner, monkeypatch):
     reason = "length_" + "x" * 300
     provider = ScriptedProvider([TextDelta("Long enough."), Usage(3, 4, 7), Finish(reason)])
-    monkeypatch.setattr(streaming, "get_provider", lambda: provider)
+    monkeypatch.setattr(generation, "get_provider", lambda: provider)
     reply, _, events = generate(conversation, owner)
     column = Message._meta.get_field("finish_reason").max_length
     assert reply.status == "complete" and reply.content == "Long enough."
@@ -192,7 +192,7 @@ def test_token_estimate():
 @pytest.mark.django_db
 def test_a_stopped_reply_without_provider_usage_gets_an_estimate(conversation, owner, monkeypatch):
     provider = ScriptedProvider([TextDelta("Let me think "), TextDelta("about 你好 ")], hold=True)
-    monkeypatch.setattr(streaming, "get_provider", lambda: provider)
+    monkeypatch.setattr(generation, "get_provider", lambda: provider)
     reply, history, events = generate(conversation, owner, stop_when=provider.holding)
     assert reply.status == "cancelled" and reply.content == "Let me think about 你好 "
     expected = estimate_usage(system_prompt="Be brief.", history=history, received=[reply.content, ""])

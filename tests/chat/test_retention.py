@@ -15,7 +15,7 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.utils import timezone
 
-from chat import selectors, services, streaming
+from chat import reaper, selectors, services
 from chat.eventlog import MemoryEventLog, RedisEventLog
 from chat.models import AuditEntry, Conversation, Message, UsageEntry, UserLegalHold
 from tests.conftest import login
@@ -418,14 +418,14 @@ def test_only_one_of_two_processes_purges_per_hour(settings, owner, two_processe
     first, second = two_processes_logs
 
     async def both():
-        return await asyncio.gather(streaming.purge_when_due(log=first), streaming.purge_when_due(log=second))
+        return await asyncio.gather(reaper.purge_when_due(log=first), reaper.purge_when_due(log=second))
 
     results = async_to_sync(both)()
     ran = [r for r in results if r is not None]
     assert len(ran) == 1 and ran[0].counts["deleted"] == 1
     assert len(audit_rows("purged")) == 1
     # Within the hour neither runs again.
-    assert async_to_sync(streaming.purge_when_due)(log=first) is None
+    assert async_to_sync(reaper.purge_when_due)(log=first) is None
     assert len(audit_rows("purged")) == 1
 
 

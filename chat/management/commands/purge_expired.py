@@ -1,7 +1,7 @@
 """``manage.py purge_expired [--dry-run]``: delete for good what the retention settings say has expired.
 
 The same purge every server process runs by itself once an hour
-(``streaming.purge_when_due``): conversations deleted longer ago than
+(``reaper.purge_when_due``): conversations deleted longer ago than
 CHAT_DELETED_RETENTION_DAYS, or without activity for longer than
 CHAT_RETENTION_DAYS, never one under legal hold. A run writes one ``purged``
 audit row with its counts; ``--dry-run`` deletes and writes nothing.

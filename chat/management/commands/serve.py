@@ -35,15 +35,15 @@ class Command(BaseCommand):
         from daphne.server import Server
         from twisted.internet import defer, reactor
 
-        from chat import streaming, transport
+        from chat import reaper, transport
 
         class ChatServer(Server):
             def run(self):
-                reactor.callWhenRunning(lambda: asyncio.get_event_loop().call_soon(streaming.ensure_background))
+                reactor.callWhenRunning(lambda: asyncio.get_event_loop().call_soon(reaper.ensure_background))
                 reactor.addSystemEventTrigger(
                     "before",
                     "shutdown",
-                    lambda: defer.Deferred.fromFuture(asyncio.ensure_future(streaming.shutdown())),
+                    lambda: defer.Deferred.fromFuture(asyncio.ensure_future(reaper.shutdown())),
                 )
                 super().run()
 

@@ -3,7 +3,8 @@
 A ``Generation`` is an asyncio task of the process that accepted the POST,
 independent of any HTTP response: closing every tab does not stop it. It
 holds a lease in the event log while it runs; a streaming message whose lease
-lapsed (its process died) is ended ``interrupted`` by any process's reaper.
+lapsed (its process died) is ended ``interrupted`` by any process's reaper
+(``chat.reaper``).
 """
 
 from __future__ import annotations
@@ -12,23 +13,15 @@ import asyncio
 import logging
 import time
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from . import selectors, services
+from . import services
 from .db import adb
 from .eventlog import StateChange, get_event_log
-from .events import (
-    CONVERSATION_DELETED,
-    CONVERSATION_UPDATED,
-    FINAL_EVENTS,
-    MESSAGE_CREATED,
-    MESSAGE_DELTA,
-    dumps,
-)
-from .fanout import announce_access_change, generation_group, publish
+from .events import FINAL_EVENTS, MESSAGE_CREATED, MESSAGE_DELTA, dumps
+from .fanout import generation_group, publish
 from .providers import build_provider, shared_client
 from .providers.base import ChatMessage, Finish, ProviderError, ReasoningDelta, TextDelta, Usage, storable
 from .serializers import message_to_dict
@@ -37,19 +30,20 @@ from .tokens import estimate_usage
 logger = logging.getLogger(__name__)
 
 INTERRUPTED_REASON = "The server generating this reply stopped before it finished. Send the message again to retry."
+
 STORAGE_FAILED_REASON = (
     "The reply could not be stored as it was received; what could be stored is shown. Send the message again to retry."
 )
 
 # This process's running generations, by message id (also keeps their tasks referenced).
-_generations: dict[str, Generation] = {}
-# This process's background loops (reaper, purge), by event loop and name.
-_background: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task] = {}
-# Expired conversations are purged at most once this often across all processes
-# (a lock in the event log); each process asks every PURGE_CHECK_SECONDS, so a
-# run is at most that late. The first ask waits too: start-up stays light.
-PURGE_EVERY_SECONDS = 3600
-PURGE_CHECK_SECONDS = 300
+running: dict[str, Generation] = {}
+
+
+def available_models() -> list[str]:
+    """The configured model ids, the first the default; just ``demo`` with no LLM_BASE_URL."""
+    if not settings.LLM_BASE_URL:
+        return ["demo"]
+    return settings.LLM_MODELS or ["default"]
 
 
 def get_provider():
@@ -144,7 +138,7 @@ class Generation:
         try:
             await self._finish(status, error)
         finally:
-            _generations.pop(self.message_id, None)
+            running.pop(self.message_id, None)
             try:
                 await log.release_lease(self.message_id)
             except Exception:
@@ -302,7 +296,7 @@ class Generation:
         )
         message = await self._store(fields, estimate)
         if message is not None:
-            await _publish_final(message)
+            await publish_final(message)
 
     def _estimate(self, status: str, error_code: str | None, content: str, reasoning: str) -> Usage | None:
         """The usage estimated from the text sent and received (``chat.tokens``).
@@ -380,28 +374,6 @@ class Generation:
                 pass
 
 
-def _storable(text: str | None) -> str | None:
-    """``text`` as any database column takes it (see ``providers.base.storable``); None stays None."""
-    return storable(text) if text else text
-
-
-async def _publish_final(message) -> None:
-    """Emit the message's final event; the stored message stands even if this fails."""
-    try:
-        await _publish_final_event(message)
-    except Exception as exc:
-        logger.warning("final event of %s not published (%s); viewers resync", message.id, exc)
-
-
-async def _publish_final_event(message) -> None:
-    await publish(
-        message.conversation_id,
-        FINAL_EVENTS[message.status],
-        dumps(message_to_dict(message)),
-        StateChange("end", str(message.id)),
-    )
-
-
 async def generation_start(*, conversation, user_message, assistant_message, history, accepted_at: float) -> Generation:
     """Start generating the assistant's reply in this process, and announce both messages.
 
@@ -413,7 +385,7 @@ async def generation_start(*, conversation, user_message, assistant_message, his
     generation = Generation(
         conversation=conversation, message=assistant_message, history=history, accepted_at=accepted_at
     )
-    _generations[generation.message_id] = generation
+    running[generation.message_id] = generation
     generation.task = asyncio.create_task(generation.run(), name=f"generation {generation.message_id}")
     try:
         if user_message is not None:
@@ -441,139 +413,30 @@ async def generation_stop(*, message_id) -> None:
     """
     message_id = str(message_id)
     await get_event_log().request_stop(message_id)
-    local = _generations.get(message_id)
+    local = running.get(message_id)
     if local is not None:
         local.request_stop()
         return
     await get_channel_layer().group_send(generation_group(message_id), {"type": "generation.stop"})
 
 
-_suspects: set[str] = set()
+def _storable(text: str | None) -> str | None:
+    """``text`` as any database column takes it (see ``providers.base.storable``); None stays None."""
+    return storable(text) if text else text
 
 
-async def reap_interrupted(*, grace_seconds: float | None = None, confirm: bool = True) -> int:
-    """End as ``interrupted`` every streaming message whose generation is gone.
-
-    A message is gone when no process holds its lease, on two passes in a
-    row (one with ``confirm=False``), and it is older than ``grace_seconds``
-    (default: the lease length). Emits
-    ``message.interrupted`` for each; returns how many it ended.
-    """
-    grace = settings.CHAT_LEASE_SECONDS if grace_seconds is None else grace_seconds
-    log = get_event_log()
-    ended = 0
-    missing = set()
-    for message_id in await adb(selectors.message_streaming_ids)(older_than_seconds=grace):
-        message_id = str(message_id)
-        if message_id in _generations or await log.has_lease(message_id):
-            continue
-        missing.add(message_id)
-        # A Redis restart wipes every lease until the generations renew them:
-        # only a lease missing on two passes in a row means the process is gone.
-        if confirm and message_id not in _suspects:
-            continue
-        message = await adb(services.message_interrupt)(message_id=message_id, reason=INTERRUPTED_REASON)
-        if message is not None:
-            logger.warning("message %s interrupted: its generation is gone", message_id)
-            await _publish_final(message)
-            ended += 1
-    _suspects.clear()
-    _suspects.update(missing)
-    return ended
-
-
-async def _reaper_loop() -> None:
-    # At start-up with the in-process log no generation of an earlier process can be alive.
-    first_grace = 0.0 if not settings.REDIS_URL else None
+async def publish_final(message) -> None:
+    """Emit the message's final event; the stored message stands even if this fails."""
     try:
-        await reap_interrupted(grace_seconds=first_grace, confirm=bool(settings.REDIS_URL))
-    except Exception:
-        logger.exception("reaper: first pass failed")
-    while True:
-        await asyncio.sleep(settings.CHAT_REAPER_INTERVAL_SECONDS)
-        try:
-            await reap_interrupted()
-        except Exception:
-            logger.exception("reaper: pass failed; trying again later")
-
-
-async def purge_when_due(*, log=None):
-    """Purge what the retention settings say has expired, unless a process did in the last hour.
-
-    Takes the ``purge`` lock in the event log (``log``, default this
-    process's) for PURGE_EVERY_SECONDS; only its taker runs
-    ``services.conversation_purge_expired`` (which writes one ``purged``
-    audit row). Returns that run's result, or None when not due.
-    """
-    if not await (log or get_event_log()).try_lock("purge", PURGE_EVERY_SECONDS):
-        return None
-    result = await adb(services.conversation_purge_expired)(dry_run=False)
-    logger.info("purge: %s", result.counts)
-    return result
-
-
-async def _purge_loop() -> None:
-    while True:
-        await asyncio.sleep(PURGE_CHECK_SECONDS)
-        try:
-            await purge_when_due()
-        except Exception:
-            logger.exception("purge: run failed; trying again later")
-
-
-def ensure_background() -> None:
-    """Start this process's reaper and purge loops on the running loop, once each."""
-    loop = asyncio.get_running_loop()
-    for name, job in (("reaper", _reaper_loop), ("purge", _purge_loop)):
-        task = _background.get((loop, name))
-        if task is None or task.done():
-            _background[(loop, name)] = loop.create_task(job(), name=name)
-
-
-async def shutdown(timeout: float = 10.0) -> None:
-    """End this process's generations as ``interrupted`` with their content (SIGTERM)."""
-    tasks = [g.task for g in list(_generations.values()) if g.task is not None]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=timeout)
-    for task in _background.values():
-        task.cancel()
-
-
-async def apublish_conversation_updated(*, conversation: dict) -> None:
-    await publish(conversation["id"], CONVERSATION_UPDATED, dumps(conversation))
-
-
-def _publish_after_commit(what: str, publish_call, *args, **kwargs) -> None:
-    """Run the coroutine function ``publish_call`` from sync code after its write committed.
-
-    A failure is logged, never raised: the write stands, and streams that
-    missed the event catch up through their periodic re-check or ``resync``.
-    """
-    try:
-        async_to_sync(publish_call)(*args, **kwargs)
+        await _publish_final_event(message)
     except Exception as exc:
-        logger.warning("%s not published (%s); open streams catch up on their next check", what, exc)
+        logger.warning("final event of %s not published (%s); viewers resync", message.id, exc)
 
 
-def publish_conversation_updated(*, conversation: dict) -> None:
-    """Emit ``conversation.updated`` (also ends removed members' streams). For sync views; never raises."""
-    _publish_after_commit("conversation.updated", apublish_conversation_updated, conversation=conversation)
-
-
-def publish_conversation_deleted(*, conversation_id) -> None:
-    """Tell every open stream of a deleted conversation to end. For sync views; never raises."""
-    conversation_id = str(conversation_id)
-    data = dumps({"id": conversation_id})
-    _publish_after_commit("conversation.deleted", publish, conversation_id, CONVERSATION_DELETED, data)
-
-
-def publish_access_change(*, user_id, ended_session: str | None = None) -> None:
-    """Tell ``user_id``'s open streams on every process to re-validate (or that one session ended).
-
-    For sync code (auth signals, the admin); never raises.
-    """
-    _publish_after_commit(
-        f"access change of user {user_id}", announce_access_change, user_id, ended_session=ended_session
+async def _publish_final_event(message) -> None:
+    await publish(
+        message.conversation_id,
+        FINAL_EVENTS[message.status],
+        dumps(message_to_dict(message)),
+        StateChange("end", str(message.id)),
     )

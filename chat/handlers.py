@@ -1,0 +1,51 @@
+"""The 400, 403, 404, 500 and CSRF failure handlers: the contract's JSON error under /api/, Django's pages elsewhere."""
+
+from django.http import JsonResponse
+from django.views import defaults
+from django.views.csrf import csrf_failure as default_csrf_failure
+
+from .errors import Forbidden, InvalidInput, NotFound
+from .http import error_response
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def bad_request(request, exception=None):
+    if _is_api(request):
+        return error_response(InvalidInput("The request could not be understood.", code="bad_request"))
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request, exception=None):
+    if _is_api(request):
+        return error_response(Forbidden("You are not allowed to do this."))
+    return defaults.permission_denied(request, exception)
+
+
+def page_not_found(request, exception=None):
+    if _is_api(request):
+        return error_response(NotFound("There is nothing at this address.", code="not_found"))
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    if _is_api(request):
+        response = JsonResponse(
+            {"error": {"code": "server_error", "message": "Something went wrong on the server; try again."}},
+            status=500,
+        )
+        return response
+    return defaults.server_error(request)
+
+
+def csrf_failure(request, reason=""):
+    if _is_api(request):
+        return error_response(
+            Forbidden(
+                "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken header.",
+                code="csrf_failed",
+            )
+        )
+    return default_csrf_failure(request, reason)
