@@ -492,6 +492,20 @@ def test_nginx_accepts_the_config(tmp_path):
     assert "test is successful" in result.stderr
 
 
+def test_production_names_static_files_by_their_hash():
+    script = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(settings.STORAGES['staticfiles']['BACKEND'], settings.SERVE_STATIC)"
+    )
+    environment = {k: v for k, v in os.environ.items() if k not in known_variables()}
+    environment |= {"DJANGO_SETTINGS_MODULE": "config.settings.production", "SECRET_KEY": "test-not-secret"}
+
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["chat.staticfiles.HashedStaticFilesStorage", "False"]
+
+
 def test_nginx_serves_hashed_static_names_immutable_and_plain_ones_for_an_hour(tmp_path):
     """Real nginx on docker/nginx.conf over files collected with production's hashed storage."""
     from django.conf import settings
