@@ -1,5 +1,9 @@
-"""``python -m bench [fanout] [ttft] [capacity] [writes] [memory] [slowreader] [search] [--quick] [--no-doc]``
+"""``python -m bench [scenario ...] [--quick] [--no-doc] [--profile] [--doc-only] [--postgres]``
 
+Scenarios: fanout ttft capacity writes memory slowreader search uvicorn (default: all).
+
+``--profile``: py-spy samples daphne a in the target steps of fan-out and capacity (notes in the document).
+``--doc-only``: rewrite docs/benchmarks.md and its charts from the saved results, running nothing.
 ``--postgres``: the deployment on PostgreSQL (``search`` measures SQLite and PostgreSQL whatever it says).
 """
 
@@ -11,7 +15,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from . import capacity, fanout, first_token, memory, report, search, slowreader, writes
+from . import capacity, fanout, first_token, memory, otherserver, report, runs, search, slowreader, writes
 from .deployment import Deployment, raise_fd_limit
 
 # In the order of docs/benchmarks.md; RUN_ORDER measures time to first token first, on a quiet deployment.
@@ -23,8 +27,9 @@ SCENARIOS = {
     "memory": memory,
     "slowreader": slowreader,
     "search": search,
+    "uvicorn": otherserver,
 }
-RUN_ORDER = ("ttft", "fanout", "capacity", "writes", "memory", "slowreader", "search")
+RUN_ORDER = ("ttft", "fanout", "capacity", "uvicorn", "writes", "memory", "slowreader", "search")
 
 
 def parse_args(argv):
@@ -34,6 +39,16 @@ def parse_args(argv):
     )
     parser.add_argument("--quick", action="store_true", help="small versions: a smoke test, not figures to quote")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy samples daphne a during the 500-viewer fan-out and the 100-generation capacity step",
+    )
+    parser.add_argument(
+        "--doc-only",
+        action="store_true",
+        help="run nothing: rewrite docs/benchmarks.md and its charts from the saved results (bench/results/)",
+    )
     parser.add_argument(
         "--postgres",
         action="store_true",
@@ -49,6 +64,11 @@ def parse_args(argv):
 
 async def main(argv) -> int:
     args = parse_args(argv)
+    if args.doc_only:
+        report.write_doc(report.load_all(list(SCENARIOS)), SCENARIOS)
+        print(f"bench: wrote {report.DOC.relative_to(report.ROOT)} from {report.RESULTS.relative_to(report.ROOT)}")
+        return 0
+    runs.PROFILING = args.profile
     limit = raise_fd_limit()
     print(
         f"bench: {' '.join(args.scenarios)}{' (quick)' if args.quick else ''}"
@@ -68,7 +88,11 @@ async def main(argv) -> int:
             result["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
             result["command"] = command
             results[name] = result
-            if not args.quick and not args.postgres:
+            if args.quick:
+                report.save(name, result, report.QUICK)
+                for path, _ in report.write_plots(name, result, SCENARIOS, report.QUICK):
+                    print(f"  chart: {path.relative_to(report.ROOT)}", flush=True)
+            elif not args.postgres:
                 report.save(name, result)
     finally:
         deployment.stop()

@@ -33,6 +33,21 @@ SERVER_ENV = {
 }
 
 
+# uvicorn as the comparison server: its C HTTP parser, no access log (the app logs each request, as under
+# daphne), lifespan required (start-up fails loudly if the app's hook does), and open streams get 5 s at shutdown.
+UVICORN_OPTIONS = (
+    "--host",
+    HOST,
+    "--http",
+    "httptools",
+    "--lifespan",
+    "on",
+    "--no-access-log",
+    "--timeout-graceful-shutdown",
+    "5",
+)
+
+
 def model(*, chunks: int, interval_ms: float = 0, first_ms: float = 0) -> str:
     """A fake model whose deltas carry their write time (``;`` because LLM_MODELS is comma-separated)."""
     name = f"fake:chunks={chunks};stamp=1"
@@ -259,6 +274,26 @@ class Deployment:
 
     def start_server(self, extra_env: dict | None = None) -> int:
         return self.stack.start_server(extra_env)
+
+    def start_uvicorn(self, extra_env: dict | None = None) -> int:
+        """One more server process on the same database and Redis, under uvicorn instead of daphne.
+
+        uvicorn serves ``config.asgi:application`` with its lifespan events
+        (which start the reaper) and httptools; returns its port.
+        """
+        port = free_port()
+        log = self.stack.dir / f"uvicorn-{port}.log"
+        self.stack.logs[port] = log
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "config.asgi:application", *UVICORN_OPTIONS, "--port", str(port)],
+            cwd=ROOT,
+            env={**self.stack.env, **(extra_env or {})},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        self.stack.procs[port] = proc
+        wait_for_port(port, proc=proc, timeout=30)
+        return port
 
     def pid(self, port: int) -> int:
         return self.stack.procs[port].pid

@@ -35,7 +35,7 @@ from .deployment import (
 from .runs import dep_pids
 from .stats import fmt, percentile
 
-TARGET_MEDIAN_MS = 10.0
+TARGET_MEDIAN_MS = 8.0
 TIMEOUT = 30
 
 

@@ -15,7 +15,7 @@ import asyncio
 from .deployment import Deployment, FakeProviderProcess, LoadWorkers, events_request, provider_request, rss_kib
 from .stats import fmt
 
-TARGET_KIB = 64
+TARGET_KIB = 32
 CONVERSATIONS = 20
 WARMUP_VIEWERS = 10
 SETTLE_SECONDS = 3.0

@@ -12,14 +12,16 @@ import math
 import os
 import platform
 import subprocess
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .stats import fmt
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+QUICK = RESULTS / "quick"  # a --quick run's results and charts, never in the document
 DOC = ROOT / "docs" / "benchmarks.md"
+PLOTS = ROOT / "docs" / "bench"
 BEGIN = "<!-- results: written by `python -m bench`; edit outside these markers -->"
 END = "<!-- end of results -->"
 
@@ -45,15 +47,24 @@ def machine() -> dict:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "software": ", ".join(
-            f"{name} {version(name)}" for name in ("Django", "daphne", "Twisted", "channels", "channels-redis", "redis")
+            f"{name} {_version(name)}"
+            for name in ("Django", "daphne", "Twisted", "channels", "channels-redis", "redis", "uvicorn", "httptools")
         )
         + f", redis-server {redis.removeprefix('v=')}",
     }
 
 
-def save(name: str, result: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def save(name: str, result: dict, directory: Path = RESULTS) -> None:
+    """Write ``result`` to ``directory``/<name>.json (bench/results/, or its quick/ for a --quick run)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
 
 
 def load_all(names: list[str]) -> dict[str, dict]:
@@ -111,12 +122,27 @@ def print_table(results: dict[str, dict]) -> None:
     print("\n".join(table_lines(rows, markdown=False)))
 
 
+def write_plots(name: str, result: dict, modules: dict, directory: Path = PLOTS) -> list[tuple[Path, str]]:
+    """Write the scenario's charts (its module's ``plots_of``) into ``directory``; (path, alt text) of each."""
+    plots_of = getattr(modules[name], "plots_of", None)
+    if plots_of is None:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, alt, svg in plots_of(result):
+        (directory / filename).write_text(svg)
+        written.append((directory / filename, alt))
+    return written
+
+
 def _section(name: str, result: dict, modules: dict) -> list[str]:
     doc = (modules[name].__doc__ or "").strip().split("\n", 1)
     out = [f"### {doc[0]}", ""]
     if len(doc) > 1:
         out += [doc[1].strip(), ""]
     out += [f"Ran {result['date']} with `{result['command']}`.", ""]
+    for path, alt in write_plots(name, result, modules):
+        out += [f"![{alt}]({path.relative_to(DOC.parent)})", ""]
     out += table_lines(result["rows"], markdown=True)
     out += [""] + [f"- {line}" for line in result.get("notes", [])]
     return [*out, ""] if result.get("notes") else out
@@ -153,8 +179,9 @@ def write_doc(results: dict[str, dict], modules: dict) -> None:
 TEMPLATE = """# Benchmarks
 
 `make bench` (or `.venv/bin/python -m bench`) measures the streaming path on
-this machine and rewrites the results below. `python -m bench fanout ttft`
-runs some of the five scenarios (`fanout ttft capacity writes memory`);
+this machine and rewrites the results below, with the charts in
+`docs/bench/*.svg`. `python -m bench fanout ttft` runs some of the
+scenarios (`fanout ttft capacity writes memory slowreader search uvicorn`);
 `--quick` runs smaller versions (a smoke test, not figures to quote).
 
 Every figure has a baseline measured in the same run with the same client

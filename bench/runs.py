@@ -15,7 +15,11 @@ from .deployment import (
     provider_request,
     wait_for_quiet,
 )
+from .profile import Profile
 from .stats import tally
+
+# ``python -m bench --profile``: py-spy samples the server a step names in ``app_run(profile=...)``.
+PROFILING = False
 
 
 def _collect(workers: LoadWorkers, results: list[dict], expected: int, meter: CpuMeter):
@@ -36,24 +40,28 @@ def _collect(workers: LoadWorkers, results: list[dict], expected: int, meter: Cp
 async def app_run(
     dep: Deployment,
     viewers: list[tuple[int, str]],
-    posts: list[str],
+    posts: list[tuple[int, str]],
     *,
     model_name: str,
     chunks: int,
     duration: float,
     ramp_seconds: float = 0.0,
-    post_port: int | None = None,
+    servers: dict[str, int] | None = None,
+    profile: str | None = None,
 ) -> dict:
-    """Viewers ``(port, conversation)`` connect first; then one POST per conversation in ``posts``.
+    """Viewers ``(port, conversation)`` connect first; then one POST per ``(port, conversation)`` in ``posts``.
 
-    The POSTs go to ``post_port`` (default: process a), spread over ``ramp_seconds``.
+    The POSTs are spread over ``ramp_seconds``. ``servers`` names the server
+    processes whose CPU is metered (``{label: port}``, default daphne a and b).
+    With ``--profile``, the server labelled ``profile`` is sampled by py-spy
+    during the run (the result's ``profile``).
     """
-    post_port = post_port or dep.a
+    servers = servers or {"daphne a": dep.a, "daphne b": dep.b}
     streams = [{"port": port, "request": events_request(port, dep.session, conv)} for port, conv in viewers]
     workers = LoadWorkers(streams, kind="app", send_on_go=False, deadline_seconds=duration + ramp_seconds + 30)
     failed_posts: list[str] = []
 
-    async def post(i: int, conv: str, start: float):
+    async def post(i: int, post_port: int, conv: str, start: float):
         due = start + ramp_seconds * i / max(1, len(posts))
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         try:
@@ -67,18 +75,25 @@ async def app_run(
             failed_posts.append(f"HTTP {status}: {body[:200]!r}")
 
     quiet = await wait_for_quiet()
+    sampler = None
     try:
         await workers.open()
-        meter = CpuMeter(dep_pids(dep, workers))
+        meter = CpuMeter(dep_pids(dep, workers, servers))
         await workers.go()
+        if PROFILING and profile:
+            sampler = await Profile(dep.pid(servers[profile]), profile).start()
         meter.start()
         start = time.monotonic()
-        await asyncio.gather(*(post(i, conv, start) for i, conv in enumerate(posts)))
+        await asyncio.gather(*(post(i, port, conv, start) for i, (port, conv) in enumerate(posts)))
         results = await workers.results(timeout=duration + ramp_seconds + 90)
         meter.stop()
+        summary = await sampler.stop() if sampler else None
     finally:
+        if sampler is not None and sampler.proc.returncode is None:
+            sampler.proc.kill()
         await workers.close()
     run = _collect(workers, results, chunks, meter)
+    run["profile"] = summary
     run["failed_posts"] = failed_posts
     run["quiet"] = quiet
     return run
@@ -113,8 +128,12 @@ async def provider_run(
     return run
 
 
-def dep_pids(dep: Deployment, workers: LoadWorkers | None = None) -> dict[str, int]:
-    pids = {("daphne a" if port == dep.a else "daphne b"): dep.pid(port) for port in (dep.a, dep.b)}
+def dep_pids(
+    dep: Deployment, workers: LoadWorkers | None = None, servers: dict[str, int] | None = None
+) -> dict[str, int]:
+    """The pids to meter, by label: the servers (default daphne a and b), Redis, the fake provider, the workers."""
+    servers = servers or {"daphne a": dep.a, "daphne b": dep.b}
+    pids = {label: dep.pid(port) for label, port in servers.items()}
     pids["redis"] = dep.redis.proc.pid
     pids["fake provider"] = dep.fake.pid
     pids.update({f"load worker {i}": pid for i, pid in enumerate(workers.pids if workers else ())})
