@@ -18,7 +18,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator, smart_split, unescape_string_literal
 
-from . import admin_reports, admin_retention, publish, selectors, services
+from . import admin_reports, admin_retention, selectors, services
 from .audit import audit_record
 from .models import ApiToken, AuditEntry, Conversation, Message, ModelPrice, UsageEntry, UsageLimit
 
@@ -446,7 +446,6 @@ class ApiTokenAdmin(ReadOnlyAdmin):
         revoked = 0
         for token in queryset.filter(revoked_at__isnull=True).select_related("user"):
             if services.api_token_revoke(token=token, actor=request.user, request=request):
-                publish.access_changed(user_id=token.user_id, ended_session=token.stream_credential)
                 revoked += 1
         self.message_user(request, f"Revoked {revoked} token{'s' if revoked != 1 else ''}.")
 

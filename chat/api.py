@@ -11,7 +11,7 @@ import time
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 
-from . import exports, publish, selectors, services
+from . import exports, selectors, services
 from . import models as chat_models
 from .db import adb
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -80,20 +80,11 @@ def conversation_detail(request, user, conversation_id):
         body["messages"] = [message_to_dict(m) for m in selectors.message_list(conversation=conversation)]
         return JsonResponse(body)
     if request.method == "DELETE":
-        conversation_id = conversation.id
         services.conversation_delete(conversation=conversation, user=user)
-        publish.conversation_deleted(conversation_id=conversation_id)
         return HttpResponse(status=204)
     data = _clean_conversation_fields(parse_body(request, CONVERSATION_FIELDS))
-    services.conversation_update(conversation=conversation, user=user, **data)
-    return _conversation_changed(user, conversation_id, status=200)
-
-
-def _conversation_changed(user, conversation_id, *, status):
-    conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
-    body = conversation_to_dict(conversation)
-    publish.conversation_updated(conversation=body)
-    return JsonResponse(body, status=status)
+    conversation = services.conversation_update(conversation=conversation, user=user, **data)
+    return JsonResponse(conversation_to_dict(conversation))
 
 
 @api_view("GET")
@@ -120,8 +111,10 @@ def conversation_export(request, user, conversation_id):
 def members(request, user, conversation_id):
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
     data = parse_body(request, {"username": str}, required=("username",))
-    services.conversation_member_add(conversation=conversation, user=user, username=data["username"].strip())
-    return _conversation_changed(user, conversation_id, status=201)
+    conversation = services.conversation_member_add(
+        conversation=conversation, user=user, username=data["username"].strip()
+    )
+    return JsonResponse(conversation_to_dict(conversation), status=201)
 
 
 @api_view("DELETE")
@@ -129,8 +122,6 @@ def member_detail(request, user, conversation_id, username):
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
     username = check_text(username, "The username")
     services.conversation_member_remove(conversation=conversation, user=user, username=username)
-    # The event tells open streams of the removed member to end.
-    _conversation_changed(user, conversation_id, status=200)
     return HttpResponse(status=204)
 
 
@@ -163,9 +154,7 @@ def tokens(request, user):
 def token_detail(request, user, token_id):
     _require_session(request)
     token = selectors.api_token_get_for_user(user=user, token_id=token_id)
-    if services.api_token_revoke(token=token, actor=user, request=request):
-        # Streams opened with it end (access.revoked signed_out); the user's other streams go on.
-        publish.access_changed(user_id=user.pk, ended_session=token.stream_credential)
+    services.api_token_revoke(token=token, actor=user, request=request)
     return HttpResponse(status=204)
 
 

@@ -360,7 +360,7 @@ def end_oidc_sessions(*, user_id) -> int:
         if data.get(SESSION_KEY) == str(user_id) and data.get(BACKEND_SESSION_KEY) == BACKEND_PATH:
             ended.append(session.session_key)
     Session.objects.filter(session_key__in=ended).delete()
-    publish.access_changed(user_id=user_id)
+    transaction.on_commit(lambda: publish.access_changed(user_id=user_id))
     return len(ended)
 
 

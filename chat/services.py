@@ -1,7 +1,9 @@
 """Writes. Sync, keyword-only, one transaction each; async callers use ``database_sync_to_async``.
 
-Services never publish events themselves: they return what changed and the
-caller (``chat.api`` / ``chat.generation``) publishes, after the commit.
+A service that changes what open streams must know publishes its event
+itself, once its transaction has committed (``transaction.on_commit`` with
+``chat.publish``): a rolled-back write announces nothing, and no view
+publishes. A reply's message events are the generation's (``chat.generation``).
 """
 
 import secrets
@@ -15,6 +17,7 @@ from django.db.models import Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from . import publish
 from .audit import audit_record
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited
 from .models import (
@@ -30,7 +33,15 @@ from .models import (
     UsageEntry,
     UserLegalHold,
 )
-from .selectors import api_token_hash, message_history_for_generation, message_latest, model_price_on, usage_cost
+from .selectors import (
+    api_token_hash,
+    conversation_get_for_user,
+    message_history_for_generation,
+    message_latest,
+    model_price_on,
+    usage_cost,
+)
+from .serializers import conversation_to_dict
 from .tokens import estimate_usage
 
 # Conversations deleted per statement by a purge (SQLite takes at most 32,766 parameters a query).
@@ -40,6 +51,18 @@ PURGE_BATCH = 500
 def _require_owner(*, conversation, user):
     if conversation.owner_id != user.pk:
         raise Forbidden("Only the conversation's owner can do this.", code="owner_only")
+
+
+def _conversation_changed(*, conversation, user) -> Conversation:
+    """The conversation as it now stands (owner and members loaded), read through ``user``'s visibility.
+
+    Emits ``conversation.updated`` with it after the commit; the event also
+    makes a removed member's open streams re-check their access and end.
+    """
+    conversation = conversation_get_for_user(user=user, conversation_id=conversation.pk)
+    body = conversation_to_dict(conversation)
+    transaction.on_commit(lambda: publish.conversation_updated(conversation=body))
+    return conversation
 
 
 def conversation_create(*, owner, title: str = "", model: str, system_prompt: str = "") -> Conversation:
@@ -52,13 +75,16 @@ def conversation_create(*, owner, title: str = "", model: str, system_prompt: st
 
 @transaction.atomic
 def conversation_update(*, conversation, user, **fields) -> Conversation:
-    """Change title, model and/or system_prompt (owner only); bumps updated_at."""
+    """Change title, model and/or system_prompt (owner only); bumps updated_at.
+
+    Returns the conversation as stored; emits ``conversation.updated`` after the commit.
+    """
     _require_owner(conversation=conversation, user=user)
     for name, value in fields.items():
         setattr(conversation, name, value)
     conversation.updated_at = timezone.now()
     conversation.save(update_fields=[*fields, "updated_at"])
-    return conversation
+    return _conversation_changed(conversation=conversation, user=user)
 
 
 @transaction.atomic
@@ -68,13 +94,15 @@ def conversation_delete(*, conversation, user) -> None:
     Sets ``deleted_at`` / ``deleted_by``; the one visibility rule then hides
     it from the owner and every member, while the row and its messages stay
     for CHAT_DELETED_RETENTION_DAYS (admins may restore it) and, under a
-    legal hold, until it is released. The caller publishes
-    ``conversation.deleted`` so open streams end.
+    legal hold, until it is released. Emits ``conversation.deleted`` after
+    the commit, so open streams end.
     """
     _require_owner(conversation=conversation, user=user)
     now = timezone.now()
     Conversation.objects.filter(pk=conversation.pk, deleted_at__isnull=True).update(deleted_at=now, deleted_by=user)
     conversation.deleted_at, conversation.deleted_by = now, user
+    conversation_id = conversation.pk
+    transaction.on_commit(lambda: publish.conversation_deleted(conversation_id=conversation_id))
 
 
 @transaction.atomic
@@ -82,7 +110,8 @@ def conversation_member_add(*, conversation, user, username: str) -> Conversatio
     """Share the conversation with an active user (owner only). Adding twice is harmless.
 
     The username is matched case-insensitively (contract v2); an exact match
-    wins where two accounts differ only in case.
+    wins where two accounts differ only in case. Returns the conversation as
+    stored; emits ``conversation.updated`` after the commit.
     """
     _require_owner(conversation=conversation, user=user)
     User = get_user_model()
@@ -105,12 +134,16 @@ def conversation_member_add(*, conversation, user, username: str) -> Conversatio
     conversation.members.add(member)
     conversation.updated_at = timezone.now()
     conversation.save(update_fields=["updated_at"])
-    return conversation
+    return _conversation_changed(conversation=conversation, user=user)
 
 
 @transaction.atomic
-def conversation_member_remove(*, conversation, user, username: str) -> None:
-    """Take a member's access away (owner only); NotFound if they are not a member."""
+def conversation_member_remove(*, conversation, user, username: str) -> Conversation:
+    """Take a member's access away (owner only); NotFound if they are not a member.
+
+    Returns the conversation as stored; emits ``conversation.updated`` after
+    the commit, which ends the removed member's open streams.
+    """
     _require_owner(conversation=conversation, user=user)
     member = conversation.members.filter(username=username).first()
     if member is None:
@@ -118,6 +151,7 @@ def conversation_member_remove(*, conversation, user, username: str) -> None:
     conversation.members.remove(member)
     conversation.updated_at = timezone.now()
     conversation.save(update_fields=["updated_at"])
+    return _conversation_changed(conversation=conversation, user=user)
 
 
 @transaction.atomic
@@ -711,9 +745,9 @@ def api_token_revoke(*, token: ApiToken, actor, request=None) -> bool:
     """Revoke ``token`` (its owner, or an admin as ``actor``): it stops working at once.
 
     Sets ``revoked_at`` unless already set (False then, nothing written) and
-    writes a ``token_revoked`` audit row. The caller then ends the streams
-    opened with it: ``publish.access_changed(user_id=token.user_id,
-    ended_session=token.stream_credential)``.
+    writes a ``token_revoked`` audit row. After the commit the streams
+    opened with it end (``access.revoked`` ``signed_out``); the user's other
+    streams go on.
     """
     now = timezone.now()
     if not ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now):
@@ -727,6 +761,8 @@ def api_token_revoke(*, token: ApiToken, actor, request=None) -> bool:
         request=request,
         detail={"name": token.name, "lookup": token.lookup, "owner": token.user.get_username()},
     )
+    user_id, credential = token.user_id, token.stream_credential
+    transaction.on_commit(lambda: publish.access_changed(user_id=user_id, ended_session=credential))
     return True
 
 

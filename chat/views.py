@@ -10,7 +10,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from . import events, publish, selectors, services
+from . import events, selectors, services
 from .errors import InvalidInput, NotFound
 from .generation import available_models
 from .http import parse_expiry
@@ -77,7 +77,6 @@ def api_token_revoke(request, token_id):
     except NotFound:
         raise Http404("No such API token.") from None
     if services.api_token_revoke(token=token, actor=request.user, request=request):
-        publish.access_changed(user_id=token.user_id, ended_session=token.stream_credential)
         messages.success(request, f"Revoked “{token.name}”: it no longer works.")
     return redirect("api_tokens")
 
