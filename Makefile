@@ -38,9 +38,11 @@ install-ldap: $(VENV)/.installed-ldap
 ## lock: rewrite requirements/*.lock from the pins in requirements/*.in (every transitive dependency, with hashes)
 # For CI's and the image's Python (3.11, Linux x86_64) whatever machine runs it. An existing
 # lock's versions are kept unless an input changed; the other locks take base.lock's versions,
-# so a package in two locks is the same release in both.
+# so a package in two locks is the same release in both. A dependency of a dependency (not
+# pinned in an .in file) moves only when asked: make lock LOCK_FLAGS="--upgrade-package urllib3".
+LOCK_FLAGS ?=
 UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
-	--python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock"
+	--python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock" $(LOCK_FLAGS)
 lock: install
 	$(UV_COMPILE) requirements/build.in -o requirements/build.lock
 	$(UV_COMPILE) requirements/base.in -o requirements/base.lock
