@@ -16,35 +16,35 @@ from . import models as chat_models
 from .db import adb
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .eventstreams import ReplyStream, replay_stream
-from .generation import available_models, generation_start, generation_stop
+from .generation import generation_start, generation_stop
 from .http import api_view, check_length, check_text, parse_body, parse_expiry, parse_idempotency, wants_sse
-from .serializers import api_token_to_dict, conversation_to_dict, message_to_dict
+from .serializers import api_token_to_dict, conversation_to_dict, message_to_dict, model_list_to_dicts
 
 
-def _check_model(model: str) -> str:
-    models = available_models()
-    if model not in models:
-        raise InvalidInput(f"Unknown model {model!r}. Available: {', '.join(models)}.", code="unknown_model")
-    return model
+def _default_model(user) -> str:
+    """The first model ``user`` may use; 403 ``model_not_allowed`` when there is none."""
+    models = selectors.model_list_for_user(user=user)
+    if not models:
+        raise Forbidden("There is no model you may use; ask an admin for access.", code="model_not_allowed")
+    return models[0].id
 
 
 CONVERSATION_FIELDS = {"title": str, "model": str, "system_prompt": str}
 
 
-def _clean_conversation_fields(data):
+def _clean_conversation_fields(data, user):
     if "title" in data:
         data["title"] = data["title"].strip()
     check_length(data, "title", chat_models.TITLE_MAX_LENGTH)
     check_length(data, "system_prompt", chat_models.SYSTEM_PROMPT_MAX_LENGTH)
     if "model" in data:
-        _check_model(data["model"])
+        selectors.model_check_for_user(user=user, model_id=data["model"])
     return data
 
 
 @api_view("GET")
 def models_list(request, user):
-    default = available_models()[0]
-    return JsonResponse({"models": [{"id": m, "default": m == default} for m in available_models()]})
+    return JsonResponse({"models": model_list_to_dicts(selectors.model_list_for_user(user=user))})
 
 
 # Longer is a pasted paragraph, not something to look for.
@@ -65,8 +65,9 @@ def conversations(request, user):
             )
         found = selectors.conversation_search_for_user(user=user, query=query)
         return JsonResponse({"conversations": [{**conversation_to_dict(c), "match": m} for c, m in found]})
-    data = _clean_conversation_fields(parse_body(request, CONVERSATION_FIELDS))
-    data.setdefault("model", available_models()[0])
+    data = _clean_conversation_fields(parse_body(request, CONVERSATION_FIELDS), user)
+    if "model" not in data:
+        data["model"] = _default_model(user)
     conversation = services.conversation_create(owner=user, **data)
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation.id)
     return JsonResponse(conversation_to_dict(conversation), status=201)
@@ -82,7 +83,7 @@ def conversation_detail(request, user, conversation_id):
     if request.method == "DELETE":
         services.conversation_delete(conversation=conversation, user=user)
         return HttpResponse(status=204)
-    data = _clean_conversation_fields(parse_body(request, CONVERSATION_FIELDS))
+    data = _clean_conversation_fields(parse_body(request, CONVERSATION_FIELDS), user)
     conversation = services.conversation_update(conversation=conversation, user=user, **data)
     return JsonResponse(conversation_to_dict(conversation))
 
@@ -217,18 +218,9 @@ def _message_checks(user, conversation_id, data, idempotency):
     parent = services.LATEST
     if "parent" in data:
         parent = selectors.message_parent_for_post(conversation=conversation, parent_id=data["parent"])
-    model = _reply_model(data.get("model") or conversation.model)
+    model = selectors.model_check_for_user(user=user, model_id=data.get("model") or conversation.model).id
     selectors.message_allowance_check(user=user)
     return conversation, model, selectors.user_limits(user=user), None, parent
-
-
-def _reply_model(model: str) -> str:
-    if model not in available_models():
-        raise InvalidInput(
-            f"The model {model!r} is not available; choose one of {', '.join(available_models())}.",
-            code="unknown_model",
-        )
-    return model
 
 
 def _regenerate_checks(user, conversation_id, message_id, data, idempotency):
@@ -254,8 +246,9 @@ def _regenerate_checks(user, conversation_id, message_id, data, idempotency):
         )
     if reply.status == chat_models.Message.Status.STREAMING:
         raise Conflict("This reply is still being generated. Wait for it or stop it first.", code="not_final")
-    model = data.get("model") or (reply.model if reply.model in available_models() else conversation.model)
-    model = _reply_model(model)
+    offered = {m.id for m in selectors.model_list_for_user(user=user)}
+    model = data.get("model") or (reply.model if reply.model in offered else conversation.model)
+    model = selectors.model_check_for_user(user=user, model_id=model).id
     selectors.message_allowance_check(user=user)
     return conversation, reply, model, selectors.user_limits(user=user), None
 

@@ -11,5 +11,5 @@ class ChatConfig(AppConfig):
         from . import checks, receivers
 
         receivers.connect()
-        for check in (checks.llm_api, checks.llm_base_url, checks.static_manifest):
+        for check in (checks.llm_api, checks.llm_base_url, checks.llm_providers, checks.static_manifest):
             django_checks.register(check)

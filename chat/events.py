@@ -12,6 +12,8 @@ import re
 
 MESSAGE_CREATED = "message.created"
 MESSAGE_DELTA = "message.delta"
+# The provider is busy (HTTP 429/503) before the first token: the reply is retried after ``delay`` s.
+MESSAGE_RETRYING = "message.retrying"
 MESSAGE_SNAPSHOT = "message.snapshot"
 MESSAGE_COMPLETED = "message.completed"
 MESSAGE_FAILED = "message.failed"
@@ -39,6 +41,7 @@ FINAL_EVENTS = {
 CLIENT_EVENTS = (
     MESSAGE_CREATED,
     MESSAGE_DELTA,
+    MESSAGE_RETRYING,
     MESSAGE_SNAPSHOT,
     MESSAGE_COMPLETED,
     MESSAGE_FAILED,

@@ -20,10 +20,12 @@ from django.db import InterfaceError, OperationalError
 from . import services
 from .db import adb
 from .eventlog import StateChange, get_event_log
-from .events import FINAL_EVENTS, MESSAGE_CREATED, MESSAGE_DELTA, dumps
+from .events import FINAL_EVENTS, MESSAGE_CREATED, MESSAGE_DELTA, MESSAGE_RETRYING, dumps
 from .fanout import generation_group, publish
-from .providers import build_provider, shared_client
+from .providers import provider_for
 from .providers.base import ChatMessage, Finish, ProviderError, ReasoningDelta, TextDelta, Usage, storable
+from .providers.catalog import configured
+from .providers.retry import Route
 from .serializers import message_to_dict
 from .tokens import estimate_usage
 
@@ -39,25 +41,17 @@ STORAGE_FAILED_REASON = (
 running: dict[str, Generation] = {}
 
 
-def available_models() -> list[str]:
-    """The configured model ids, the first the default; just ``demo`` with no LLM_BASE_URL."""
-    if not settings.LLM_BASE_URL:
-        return ["demo"]
-    return settings.LLM_MODELS or ["default"]
+def get_provider(model: str) -> Route:
+    """The route to the provider serving ``model`` (a catalog id), retrying for up to LLM_RETRY_SECONDS.
 
-
-def get_provider():
-    """The configured provider; the offline demo model when LLM_BASE_URL is unset."""
-    if not settings.LLM_BASE_URL:
-        return build_provider(api="demo", base_url="", api_key="", client=None)
-    client = shared_client(connect_timeout=settings.LLM_CONNECT_TIMEOUT, read_timeout=settings.LLM_READ_TIMEOUT)
-    return build_provider(
-        api=settings.LLM_API,
-        base_url=settings.LLM_BASE_URL,
-        api_key=settings.LLM_API_KEY,
-        client=client,
-        max_tokens=settings.LLM_MAX_TOKENS,
-    )
+    Raises ProviderError (``unknown_model``) when no provider serves it any more.
+    """
+    catalog = configured()
+    info = catalog.model(model)
+    if info is None:
+        raise ProviderError("unknown_model", f"The model {model!r} is no longer offered; choose another one.")
+    provider = provider_for(catalog.providers[info.provider])
+    return Route(provider, upstream=info.upstream, retry_seconds=settings.LLM_RETRY_SECONDS)
 
 
 class ReplyLimitReached(Exception):
@@ -149,7 +143,7 @@ class Generation:
     async def _pump(self) -> None:
         messages = [ChatMessage("system", self.system_prompt)] if self.system_prompt else []
         messages += [ChatMessage(role, content) for role, content in self.history]
-        stream = get_provider().stream(model=self.model, messages=messages)
+        stream = get_provider(self.model).stream(messages=messages, on_retry=self._retrying)
         limit = settings.CHAT_MAX_REPLY_SECONDS
         deadline = asyncio.timeout_at(self.accepted_at + limit if limit else None)
         try:
@@ -172,6 +166,15 @@ class Generation:
         finally:
             # Closes the upstream response at once, also when stopped.
             await stream.aclose()
+
+    async def _retrying(self, attempt: int, delay: float) -> None:
+        """Tell viewers the provider is busy: ``message.retrying`` (not logged as state: nothing was received)."""
+        await self.announced.wait()
+        data = {"message_id": self.message_id, "attempt": attempt, "delay": delay}
+        try:
+            await publish(self.conversation_id, MESSAGE_RETRYING, dumps(data))
+        except Exception as exc:
+            logger.warning("generation %s: retry notice not published (%s)", self.message_id, exc)
 
     def _delta(self, *, content: str = "", reasoning: str = "") -> None:
         """Take one provider delta; publishing happens in ``_publish_pending``.

@@ -52,13 +52,14 @@ def _url_password(url: str) -> str:
 
 
 def configured_secrets() -> list[str]:
-    """The values no log line may show: LLM_API_KEY, SECRET_KEY, the database, Redis, SMTP and LDAP bind passwords."""
+    """The values no log line may show: LLM API keys, SECRET_KEY, the database, Redis, SMTP and LDAP passwords."""
     from django.conf import settings
 
     if not settings.configured:
         return []
     values = [
         getattr(settings, "LLM_API_KEY", ""),
+        *(provider.get("api_key", "") for provider in getattr(settings, "LLM_PROVIDERS", [])),
         getattr(settings, "SECRET_KEY", ""),
         *getattr(settings, "SECRET_KEY_FALLBACKS", []),
         _url_password(getattr(settings, "REDIS_URL", "")),

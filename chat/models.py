@@ -13,6 +13,7 @@ from django.utils import timezone
 
 TITLE_MAX_LENGTH = 200
 MODEL_MAX_LENGTH = 200
+PROVIDER_MAX_LENGTH = 64
 SYSTEM_PROMPT_MAX_LENGTH = 20_000
 # Contract v2: a repeat of a post with the same Idempotency-Key within this long answers the first.
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -94,6 +95,9 @@ class Message(models.Model):
     reasoning = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     model = models.CharField(max_length=MODEL_MAX_LENGTH, blank=True, null=True)
+    # For an assistant reply: the provider that serves ``model`` (chat.providers.catalog); null before
+    # replies recorded it. Nullable so that adding it never rebuilds the table (and its triggers) on SQLite.
+    provider = models.CharField(max_length=PROVIDER_MAX_LENGTH, blank=True, null=True)
     # Usage as the provider reported it, or estimated (usage_estimated); null = none known.
     prompt_tokens = models.IntegerField(null=True, blank=True)
     completion_tokens = models.IntegerField(null=True, blank=True)
@@ -241,6 +245,8 @@ class UsageEntry(models.Model):
     # The requester's username when written: kept when the account is gone.
     requested_by_name = models.CharField(max_length=150)
     model = models.CharField(max_length=MODEL_MAX_LENGTH)
+    # The provider that served it; null for rows written before replies recorded one.
+    provider = models.CharField(max_length=PROVIDER_MAX_LENGTH, blank=True, null=True)
     status = models.CharField(max_length=16)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
@@ -282,6 +288,31 @@ class ModelPrice(models.Model):
 
     def __str__(self):
         return f"{self.model} from {self.valid_from}"
+
+
+class ModelAccess(models.Model):
+    """Who may use a model: a model with a row is for the members of its groups only (and superusers).
+
+    A model without a row is open to everyone; a row without groups closes
+    the model to all but superusers. ``model`` is a model id as
+    ``GET /api/models/`` gives it.
+    """
+
+    model = models.CharField(max_length=MODEL_MAX_LENGTH, unique=True)
+    groups = models.ManyToManyField(
+        "auth.Group",
+        blank=True,
+        related_name="+",
+        help_text="The groups whose members may use this model. None: only superusers.",
+    )
+
+    class Meta:
+        verbose_name = "model access"
+        verbose_name_plural = "model access"
+        ordering = ["model"]
+
+    def __str__(self):
+        return self.model
 
 
 class AuditEntry(models.Model):

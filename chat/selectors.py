@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from .db import adb
-from .errors import InvalidInput, NotFound, RateLimited, Unprocessable
+from .errors import Forbidden, InvalidInput, NotFound, RateLimited, Unprocessable
 from .events import REVOKED_DELETED, REVOKED_REMOVED, REVOKED_SIGNED_OUT
 from .models import (
     API_TOKEN_CREDENTIAL_PREFIX,
@@ -27,10 +27,12 @@ from .models import (
     Conversation,
     IdempotencyKey,
     Message,
+    ModelAccess,
     ModelPrice,
     UsageEntry,
     UsageLimit,
 )
+from .providers.catalog import ModelInfo, configured
 
 
 def conversation_queryset_for_user(*, user):
@@ -487,3 +489,35 @@ def idempotent_post(*, user, key: str, request_hash: str):
             code="idempotency_key_reused",
         )
     return record.user_message, record.assistant_message
+
+
+def model_list_for_user(*, user) -> list[ModelInfo]:
+    """The configured models ``user`` may use, in the catalog's order (the first is their default); 1 query.
+
+    The one rule (``ModelAccess``): a model without an access row is open to
+    everyone; one with a row is for the members of its groups, and for superusers.
+    """
+    models = list(configured().models.values())
+    if user.is_superuser:
+        return models
+    restricted = ModelAccess.objects.annotate(
+        allowed=Exists(ModelAccess.groups.through.objects.filter(modelaccess=OuterRef("pk"), group__user=user))
+    )
+    closed = {row.model for row in restricted.only("model") if not row.allowed}
+    return [model for model in models if model.id not in closed]
+
+
+def model_check_for_user(*, user, model_id: str) -> ModelInfo:
+    """The model ``model_id`` if ``user`` may use it (1 query).
+
+    Raises InvalidInput (``unknown_model``) when no provider serves it, and
+    Forbidden (``model_not_allowed``) when ``model_list_for_user`` leaves it out.
+    """
+    catalog = configured()
+    model = catalog.model(model_id)
+    if model is None:
+        offered = ", ".join(m.id for m in model_list_for_user(user=user)) or "none"
+        raise InvalidInput(f"The model {model_id!r} is not available; choose one of {offered}.", code="unknown_model")
+    if model not in model_list_for_user(user=user):
+        raise Forbidden(f"You may not use the model {model_id!r}; ask an admin for access.", code="model_not_allowed")
+    return model

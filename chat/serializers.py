@@ -58,3 +58,10 @@ def api_token_to_dict(token) -> dict:
         "expires_at": _iso(token.expires_at),
         "last_used_at": _iso(token.last_used_at),
     }
+
+
+def model_list_to_dicts(models) -> list[dict]:
+    """``GET /api/models/``'s items: ``{"id", "name", "provider", "default"}``, the first model the default."""
+    return [
+        {"id": m.id, "name": m.name, "provider": m.provider, "default": index == 0} for index, m in enumerate(models)
+    ]

@@ -33,6 +33,7 @@ from .models import (
     UsageEntry,
     UserLegalHold,
 )
+from .providers.catalog import provider_name
 from .selectors import (
     api_token_hash,
     conversation_get_for_user,
@@ -419,6 +420,7 @@ def message_submit(
                 requested_by=author,
                 status=Message.Status.STREAMING,
                 model=model,
+                provider=provider_name(model),
                 created_at=now + timedelta(microseconds=1),
             )
             Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
@@ -470,6 +472,7 @@ def message_regenerate(
                 requested_by=requester,
                 status=Message.Status.STREAMING,
                 model=model,
+                provider=provider_name(model),
                 created_at=now,
             )
             Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
@@ -688,6 +691,7 @@ def usage_record(*, message, at) -> UsageEntry:
         requested_by=message.requested_by,
         requested_by_name=message.requested_by.username if message.requested_by else "",
         model=message.model or "",
+        provider=message.provider,
         status=message.status,
         prompt_tokens=prompt,
         completion_tokens=completion,

@@ -12,9 +12,8 @@ from django.views.decorators.http import require_POST
 
 from . import events, selectors, services
 from .errors import InvalidInput, NotFound
-from .generation import available_models
 from .http import parse_expiry
-from .serializers import conversation_to_dict, message_to_dict
+from .serializers import conversation_to_dict, message_to_dict, model_list_to_dicts
 
 
 def _shell(request, *, conversation=None):
@@ -23,10 +22,9 @@ def _shell(request, *, conversation=None):
     The initial data goes out as a ``json_script`` block (data, never executed,
     so the strict CSP holds); static/chat/js/main.js reads it.
     """
-    default = available_models()[0]
     initial = {
         "user": request.user.get_username(),
-        "models": [{"id": m, "default": m == default} for m in available_models()],
+        "models": model_list_to_dicts(selectors.model_list_for_user(user=request.user)),
         "conversations": [conversation_to_dict(c) for c in selectors.conversation_list_for_user(user=request.user)],
         "conversation": None,
     }

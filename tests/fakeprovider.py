@@ -8,10 +8,12 @@ comments, a BOM, resets and stalls.
 Three ways to run it:
 
 - in-process: ``fake = FakeProvider(); base_url = fake.start()`` ... ``fake.stop()``
+  (``FakeProvider(tls=True)``: HTTPS with a certificate of a CA made for it, whose PEM is
+  ``fake.ca_file``; a client that trusts that file verifies the server as ``127.0.0.1``)
   (its own thread and event loop, so sync and async tests can share it), or
   ``base_url = await fake.serve()`` ... ``await fake.aclose()`` inside a running loop;
 - as a process: ``python tests/fakeprovider.py --port 8765`` prints its base URL
-  (``http://127.0.0.1:8765/v1``) on stdout once it listens;
+  (``http://127.0.0.1:8765/v1``) on stdout once it listens (``--tls``: the https URL, then the CA file);
 - from benchmarks, either way.
 
 Endpoints (any prefix, so ``{base_url}`` works for both APIs):
@@ -58,6 +60,8 @@ Parameters:
     drop_after=K       after K deltas close the socket inside a chunk (FIN; with framing=close a clean EOF)
     stall_after=K      after K deltas write nothing more, keep the socket open
     status=200         e.g. 401, 429, 500: a JSON error before any stream
+    times=0            with ``status``: only the first N requests with this exact model string get it,
+                       the later ones stream normally (a provider busy for a while; 0: every request)
     retry_after=...    Retry-After header value as given (e.g. 7)
     retry_date=S       Retry-After as an HTTP-date S seconds from now
     content_type=text/event-stream      e.g. application/json, text/html
@@ -84,7 +88,12 @@ order; in-process ``requests()`` returns it, ``reset()`` clears it and
      "headers": {"authorization": "...", ...}, "body": {...} | null,
      "model": "fake:chunks=3" | null, "started": 1754000000.123,
      "outcome": "open" | "completed" | "client_closed" | "reset" | "dropped" | "server_stopped",
-     "ended": 1754000000.456 | null, "deltas_sent": 2}
+     "ended": 1754000000.456 | null, "deltas_sent": 2, "connection": 1}
+
+``connection`` numbers the TCP connection the request came on (from 1, in
+accept order); ``connections`` counts those accepted since the start or the
+last ``reset()``. The headers are as received, so a test sees which key
+(``authorization``) reached which provider.
 
 ``completed`` means the server wrote its whole response (also a deliberate
 error response); ``client_closed`` that the client closed the connection
@@ -98,16 +107,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import email.utils
+import ipaddress
 import json
 import re
 import signal
 import socket
+import ssl
 import struct
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -150,6 +163,7 @@ class Scenario:
     drop_after: int | None = None
     stall_after: int | None = None
     status: int = 200
+    times: int = 0
     retry_after: str | None = None
     retry_date: float | None = None
     content_type: str = "text/event-stream"
@@ -301,8 +315,13 @@ class _Response:
 class FakeProvider:
     """The fake server; see the module docstring. ``requests()`` is the log."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tls: bool = False) -> None:
         self.host, self.port = host, port
+        self.tls = tls
+        self.ca_file: str | None = None
+        self._ssl = _server_context(self) if tls else None
+        self.connections = 0
+        self._seen: dict[str, int] = {}  # requests per model string, for ``times``
         self._lock = threading.Lock()
         self._log: list[dict[str, Any]] = []
         self._server: asyncio.Server | None = None
@@ -312,13 +331,13 @@ class FakeProvider:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/v1"
 
     # --- running it ---------------------------------------------------------
 
     async def serve(self) -> str:
         """Listen in the running loop; return the base URL."""
-        self._server = await asyncio.start_server(self._connection, self.host, self.port, backlog=4096)
+        self._server = await asyncio.start_server(self._connection, self.host, self.port, backlog=4096, ssl=self._ssl)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.base_url
 
@@ -372,6 +391,8 @@ class FakeProvider:
     def reset(self) -> None:
         with self._lock:
             self._log.clear()
+            self._seen.clear()
+            self.connections = 0
 
     async def wait_ended(self, index: int = -1, timeout: float = 5.0) -> dict[str, Any]:
         """Wait until request ``index`` of the log has an outcome other than "open"; return its record."""
@@ -393,8 +414,11 @@ class FakeProvider:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._tasks.add(task)
+        with self._lock:
+            self.connections += 1
+            connection = self.connections
         try:
-            while await self._exchange(reader, writer):
+            while await self._exchange(reader, writer, connection):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass
@@ -404,7 +428,7 @@ class FakeProvider:
             self._tasks.discard(task)
             writer.close()
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connection: int = 0) -> bool:
         """Read one request and answer it; return whether the connection stays open."""
         try:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -429,15 +453,19 @@ class FakeProvider:
         model = body.get("model") if isinstance(body, dict) else None
         record = {"id": 0, "method": method, "path": path, "headers": headers, "body": body, "model": model}
         record |= {"started": time.time(), "outcome": "open", "ended": None, "deltas_sent": 0}
+        record["connection"] = connection
         with self._lock:
             record["id"] = len(self._log) + 1
             self._log.append(record)
+            seen = self._seen[model or ""] = self._seen.get(model or "", 0) + 1
         route = path.partition("?")[0]  # a gateway's key may ride in the query
         api = "openai" if route.endswith(OPENAI_PATH) else "dashscope" if route.endswith(DASHSCOPE_PATH) else None
         try:
             scenario = parse_model(model or "")
         except ValueError as exc:
             scenario, problem = None, str(exc)
+        if scenario is not None and scenario.times and seen > scenario.times:
+            scenario.status = 200
         if api is None or scenario is None:
             self._set(record, outcome="completed", ended=time.time())
             status, problem = (404, f"no such endpoint: {method} {path}") if api is None else (400, problem)
@@ -557,6 +585,72 @@ class FakeProvider:
         return "completed"
 
 
+def _server_context(fake: FakeProvider) -> ssl.SSLContext:
+    """A TLS server context for 127.0.0.1 and localhost, its certificate signed by a CA made now.
+
+    The CA's certificate is written to a temporary file, ``fake.ca_file``: the
+    one thing a client must trust (no verification is switched off anywhere).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fakeprovider test CA")])
+
+    def certificate(subject, public_key, *, ca: bool):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        )
+        if ca:
+            usage = dict(key_cert_sign=True, crl_sign=True, digital_signature=False, key_encipherment=False)
+        else:
+            usage = dict(key_cert_sign=False, crl_sign=False, digital_signature=True, key_encipherment=False)
+            alt = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+                **usage,
+            ),
+            critical=True,
+        )
+        return builder.sign(ca_key, hashes.SHA256())
+
+    ca_cert = certificate(ca_name, ca_key.public_key(), ca=True)
+    leaf_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    leaf = certificate(leaf_name, key.public_key(), ca=False)
+    folder = Path(tempfile.mkdtemp(prefix="fakeprovider-tls-"))
+    pem = serialization.Encoding.PEM
+    (folder / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    (folder / "server.pem").write_bytes(leaf.public_bytes(pem))
+    (folder / "server.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    fake.ca_file = str(folder / "ca.pem")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "server.pem", folder / "server.key")
+    return context
+
+
 def _leaked(scenario: Scenario, key: str, path: str) -> str:
     """What an error message adds after its own words: padding, then the key and path as asked."""
     text = (" " + "x" * (scenario.error_pad - 1)) if scenario.error_pad else ""
@@ -659,9 +753,12 @@ async def _main() -> None:
     parser = argparse.ArgumentParser(description="A fake LLM provider (see the module docstring).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS; prints the CA file to trust after the URL")
     args = parser.parse_args()
-    fake = FakeProvider(args.host, args.port)
+    fake = FakeProvider(args.host, args.port, tls=args.tls)
     print(await fake.serve(), flush=True)
+    if args.tls:
+        print(fake.ca_file, flush=True)
     stop = asyncio.Event()
     for signal_name in ("SIGINT", "SIGTERM"):
         asyncio.get_running_loop().add_signal_handler(getattr(signal, signal_name), stop.set)

@@ -58,15 +58,25 @@ class ProviderError(Exception):
     the app's own sentence for a person; ``detail`` is the provider's own
     words or the network's reason, unfiltered: ``redact.public_error`` makes
     the error users see from both. ``retry_after`` is the provider's
-    Retry-After in seconds, when it sent one.
+    Retry-After in seconds, when it sent one. ``retryable``: the provider
+    said it is busy (HTTP 429 or 503), so the same request may succeed later.
     """
 
-    def __init__(self, code: str, message: str, *, detail: str = "", retry_after: float | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        detail: str = "",
+        retry_after: float | None = None,
+        retryable: bool = False,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
         self.detail = detail
         self.retry_after = retry_after
+        self.retryable = retryable
 
 
 @dataclass(frozen=True, slots=True)

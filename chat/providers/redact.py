@@ -69,7 +69,7 @@ def public_error(error: ProviderError, *, api_key: str, url: str) -> ProviderErr
     if public:
         message = f"{message} Details: {public}"
         message = message if message[-1] in ".!?。…" else message + "."
-    return ProviderError(error.code, message, retry_after=error.retry_after)
+    return ProviderError(error.code, message, retry_after=error.retry_after, retryable=error.retryable)
 
 
 def _secrets(api_key: str, url: str) -> list[str]:

@@ -229,13 +229,18 @@ async def _check_response(response: httpx.Response) -> None:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         wait = f" Retry after {retry_after:g} s." if retry_after is not None else ""
         message = "The provider is rate limiting requests (HTTP 429)." + wait
-        raise ProviderError("provider_rate_limited", message, detail=detail, retry_after=retry_after)
+        raise ProviderError("provider_rate_limited", message, detail=detail, retry_after=retry_after, retryable=True)
     if status in (401, 403):
         message = f"The provider refused the API key (HTTP {status}). Check LLM_API_KEY."
         raise ProviderError("provider_auth_failed", message, detail=detail)
     if 400 <= status < 500:
         message = f"The provider rejected the request (HTTP {status})."
         raise ProviderError("provider_bad_request", message, detail=detail)
+    if status == 503:
+        # Overloaded or down for maintenance: like a 429, worth another try (Route retries both).
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        message = "The provider is unavailable (HTTP 503). Try again later."
+        raise ProviderError("provider_unavailable", message, detail=detail, retry_after=retry_after, retryable=True)
     if status >= 500:
         message = f"The provider failed (HTTP {status}). Try again later."
         raise ProviderError("provider_unavailable", message, detail=detail)

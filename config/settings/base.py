@@ -76,10 +76,13 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
-# Never ATOMIC_REQUESTS (it breaks async views); no persistent connections
-# because async views hop threads.
+# Never ATOMIC_REQUESTS (it breaks async views). CONN_MAX_AGE 0 for Django's
+# request threads (one thread per request: a kept connection would outlive it);
+# chat/db.py's ORM threads keep theirs on SQLite, and CONN_HEALTH_CHECKS makes
+# a kept connection that saw an error prove itself before it is used again.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL and IMMEDIATE transactions let several threads (and two processes)
     # write one SQLite file without "database is locked" under load.
@@ -306,7 +309,7 @@ EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", default="")
 EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
 
-# LLM endpoint. No LLM_BASE_URL: the offline "demo" model.
+# LLM endpoint (one provider). No LLM_BASE_URL: the offline "demo" model. Several: LLM_PROVIDERS below.
 LLM_API = env("LLM_API", default="openai")
 LLM_BASE_URL = env("LLM_BASE_URL", default="")
 LLM_API_KEY = env("LLM_API_KEY", default="")
@@ -318,6 +321,32 @@ LLM_READ_TIMEOUT = env.float("LLM_READ_TIMEOUT", default=60.0)
 LLM_MAX_TOKENS = env.int("LLM_MAX_TOKENS", default=0) or None
 if LLM_MAX_TOKENS is not None and LLM_MAX_TOKENS < 0:
     raise ImproperlyConfigured(f"LLM_MAX_TOKENS must be a positive number of tokens, not {LLM_MAX_TOKENS}.")
+# A busy provider (HTTP 429 or 503 before the first token) is retried while the waits add up to at most this.
+LLM_RETRY_SECONDS = env.float("LLM_RETRY_SECONDS", default=20.0)
+
+
+def _llm_provider(name: str) -> dict:
+    """Provider ``name`` of LLM_PROVIDERS from its LLM_<NAME>_* variables (checked by chat.checks at start-up)."""
+    prefix = "LLM_" + "".join(c if c.isalnum() else "_" for c in name.upper()) + "_"
+    max_tokens = env.int(prefix + "MAX_TOKENS", default=None)
+    return {
+        "name": name,
+        "api": env(prefix + "API", default="openai"),
+        "base_url": env(prefix + "BASE_URL", default=""),
+        "api_key": env(prefix + "API_KEY", default=""),
+        "models": env.list(prefix + "MODELS", default=[]),
+        # None: LLM_CONNECT_TIMEOUT / LLM_READ_TIMEOUT / LLM_MAX_TOKENS.
+        "connect_timeout": env.float(prefix + "CONNECT_TIMEOUT", default=None),
+        "read_timeout": env.float(prefix + "READ_TIMEOUT", default=None),
+        "max_tokens": max_tokens or None,
+        # A CA certificate this provider's server certificate may also chain to (a private CA).
+        "ca_file": env(prefix + "CA_FILE", default=""),
+    }
+
+
+# Several providers at once: their names here, each configured by LLM_<NAME>_* (docs/deploy.md).
+# Empty: the single provider of LLM_API / LLM_BASE_URL / LLM_API_KEY / LLM_MODELS.
+LLM_PROVIDERS = [_llm_provider(name) for name in env.list("LLM_PROVIDERS", default=[])]
 
 # History sent upstream: the newest messages whose content fits this many
 # characters (the system prompt and the new message always go).

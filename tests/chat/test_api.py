@@ -85,14 +85,17 @@ def test_unknown_api_path_is_json_404(api, owner):
 def test_models_demo_by_default(api, owner):
     response = api(owner).get("/api/models/")
     assert response.status_code == 200
-    assert response.json() == {"models": [{"id": "demo", "default": True}]}
+    assert response.json() == {"models": [{"id": "demo", "name": "demo", "provider": "demo", "default": True}]}
 
 
 def test_models_from_settings(api, owner, settings):
     settings.LLM_BASE_URL = "http://127.0.0.1:9/v1"
-    settings.LLM_MODELS = ["deepseek-chat", "deepseek-reasoner"]
+    settings.LLM_MODELS = ["deepseek-chat", "deepseek-reasoner|DeepSeek R1"]
     assert api(owner).get("/api/models/").json() == {
-        "models": [{"id": "deepseek-chat", "default": True}, {"id": "deepseek-reasoner", "default": False}]
+        "models": [
+            {"id": "deepseek-chat", "name": "deepseek-chat", "provider": "127.0.0.1", "default": True},
+            {"id": "deepseek-reasoner", "name": "DeepSeek R1", "provider": "127.0.0.1", "default": False},
+        ]
     }
 
 

@@ -110,7 +110,7 @@ def test_a_stopped_replys_estimated_tokens_count_toward_the_daily_quota(
     api, conversation, owner, monkeypatch, settings
 ):
     provider = ScriptedProvider([TextDelta("Let me think "), TextDelta("about 你好 " * 20)], hold=True)
-    monkeypatch.setattr(generation, "get_provider", lambda: provider)
+    monkeypatch.setattr(generation, "get_provider", lambda model: provider)
     reply, history, _ = generate(conversation, owner, stop_when=provider.holding)
     assert reply.status == "cancelled" and reply.usage_estimated
     expected = estimate_usage(system_prompt="Be brief.", history=history, received=[reply.content, ""])

@@ -34,7 +34,7 @@ class ScriptedProvider:
         self.events, self.hold = events, hold
         self.holding = asyncio.Event()
 
-    async def stream(self, *, model, messages):
+    async def stream(self, *, messages, on_retry=None):
         for event in self.events:
             await asyncio.sleep(0)
             yield event
@@ -98,7 +98,7 @@ def test_a_refused_final_save_is_stored_made_safe_with_the_whole_reply(conversat
     # A lone surrogate (no UTF-8 form) and a negative count (the table's CHECK): the row as received is refused.
     pieces = ["The answer ", "is \ud83d", " 42", " and\x00 that is all."]
     provider = ScriptedProvider([*map(TextDelta, pieces), Usage(-5, 7, 2), Finish("stop")])
-    monkeypatch.setattr(generation, "get_provider", lambda: provider)
+    monkeypatch.setattr(generation, "get_provider", lambda model: provider)
     reply, history, events = generate(conversation, owner)
     safe = "The answer is \ufffd 42 and\ufffd that is all."
     assert reply.status == "complete" and reply.error is None and reply.finish_reason == "stop"
@@ -139,7 +139,7 @@ def test_when_even_the_safe_row_is_refused_the_reply_fails_storage_failed_keepin
             )
     pieces = [f"part {i} 你好 " for i in range(30)]
     provider = ScriptedProvider([*map(TextDelta, pieces), Usage(11, 30, 41), Finish("stop")])
-    monkeypatch.setattr(generation, "get_provider", lambda: provider)
+    monkeypatch.setattr(generation, "get_provider", lambda model: provider)
     reply, _, events = generate(conversation, owner)
     assert reply.status == "failed" and reply.content == "".join(pieces)
     assert reply.error["code"] == "storage_failed"
@@ -153,7 +153,7 @@ def test_when_even_the_safe_row_is_refused_the_reply_fails_storage_failed_keepin
 def test_finish_reason_longer_than_its_column_is_cut_not_lost(conversation, owner, monkeypatch):
     reason = "length_" + "x" * 300
     provider = ScriptedProvider([TextDelta("Long enough."), Usage(3, 4, 7), Finish(reason)])
-    monkeypatch.setattr(generation, "get_provider", lambda: provider)
+    monkeypatch.setattr(generation, "get_provider", lambda model: provider)
     reply, _, events = generate(conversation, owner)
     column = Message._meta.get_field("finish_reason").max_length
     assert reply.status == "complete" and reply.content == "Long enough."
@@ -192,7 +192,7 @@ def test_token_estimate():
 @pytest.mark.django_db
 def test_a_stopped_reply_without_provider_usage_gets_an_estimate(conversation, owner, monkeypatch):
     provider = ScriptedProvider([TextDelta("Let me think "), TextDelta("about 你好 ")], hold=True)
-    monkeypatch.setattr(generation, "get_provider", lambda: provider)
+    monkeypatch.setattr(generation, "get_provider", lambda model: provider)
     reply, history, events = generate(conversation, owner, stop_when=provider.holding)
     assert reply.status == "cancelled" and reply.content == "Let me think about 你好 "
     expected = estimate_usage(system_prompt="Be brief.", history=history, received=[reply.content, ""])
