@@ -7,6 +7,8 @@ it answers with JSON, or with the reply's event stream (``eventstreams``).
 import functools
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
@@ -14,10 +16,19 @@ from django.http import HttpResponse, JsonResponse
 from . import exports, selectors, services
 from . import models as chat_models
 from .db import adb
-from .errors import Conflict, Forbidden, InvalidInput, NotFound
+from .errors import ChatError, Conflict, Forbidden, InvalidInput, NotFound
 from .eventstreams import ReplyStream, replay_stream
 from .generation import generation_start, generation_stop
-from .http import api_view, check_length, check_text, parse_body, parse_expiry, parse_idempotency, wants_sse
+from .http import (
+    api_view,
+    check_length,
+    check_text,
+    parse_body,
+    parse_expiry,
+    parse_idempotency,
+    request_user,
+    wants_sse,
+)
 from .serializers import api_token_to_dict, conversation_to_dict, message_to_dict, model_list_to_dicts
 
 
@@ -171,39 +182,101 @@ MESSAGE_FIELDS = {"content": str, "model": str, "parent": (str, type(None))}
 REGENERATE_FIELDS = {"model": str}
 
 
-@api_view("POST")
-async def messages(request, user, conversation_id):
+@api_view("POST", authenticates=True)
+async def messages(request, conversation_id):
     accepted_at = time.monotonic()
+    body = _deferred(_message_body, request, conversation_id)
+    post = await adb(_message_accept)(request, conversation_id, body, store=not wants_sse(request))
+    return await _answer(request, post, accepted_at=accepted_at)
+
+
+@api_view("POST", authenticates=True)
+async def message_regenerate(request, conversation_id, message_id):
+    accepted_at = time.monotonic()
+    body = _deferred(_regenerate_body, request, conversation_id, message_id)
+    post = await adb(_regenerate_accept)(request, conversation_id, message_id, body, store=not wants_sse(request))
+    return await _answer(request, post, accepted_at=accepted_at)
+
+
+def _deferred(parse, *args):
+    """``parse(*args)``, or the ChatError it raised: raised after authentication, as a 401 comes first."""
+    try:
+        return parse(*args)
+    except ChatError as error:
+        return error
+
+
+def _message_body(request, conversation_id):
+    """A post's checked body and its Idempotency-Key (key, hash) or None; InvalidInput or TooLarge if not fit."""
     data = parse_body(request, MESSAGE_FIELDS, required=("content",))
     if not data["content"].strip():
         raise InvalidInput("The message is empty.", code="empty_content")
     check_length(data, "content", settings.CHAT_MAX_MESSAGE_CHARS, too_large=True)
     # A body without "parent" hashes as before parents existed, so keys stored then still match.
     asked = [str(conversation_id), data["content"], data.get("model"), *([data["parent"]] if "parent" in data else [])]
-    idempotency = parse_idempotency(request, asked)
-    conversation, model, limits, replay, parent = await adb(_message_checks)(user, conversation_id, data, idempotency)
-    if replay is not None:
-        return await _replay_post(request, user, conversation, *replay)
-    store = functools.partial(_message_store, user, conversation, data["content"], model, limits, idempotency, parent)
-    return await _start_reply(request, user, conversation, limits, store, accepted_at=accepted_at)
+    return data, parse_idempotency(request, asked)
 
 
-@api_view("POST")
-async def message_regenerate(request, user, conversation_id, message_id):
-    accepted_at = time.monotonic()
+def _regenerate_body(request, conversation_id, message_id):
     data = parse_body(request, REGENERATE_FIELDS)
-    idempotency = parse_idempotency(request, ["regenerate", str(conversation_id), str(message_id), data.get("model")])
-    conversation, reply, model, limits, replay = await adb(_regenerate_checks)(
+    return data, parse_idempotency(request, ["regenerate", str(conversation_id), str(message_id), data.get("model")])
+
+
+@dataclass
+class _Post:
+    """A message post or regenerate that passed every check: stored (``stored``) or ready to be (``store``)."""
+
+    user: object
+    conversation: chat_models.Conversation
+    limits: dict | None = None
+    # The (user message or None, reply) of an earlier post with the same Idempotency-Key: nothing new is made.
+    replay: tuple | None = None
+    # Stores the messages and reads the history: (user message or None, reply, history).
+    store: Callable | None = None
+    stored: tuple | None = None
+
+
+def _message_accept(request, conversation_id, body, *, store: bool) -> _Post:
+    """One database hop: authenticate, then the body's errors, the checks, and (``store``) storing both messages.
+
+    A streaming post stores in a second hop, after its stream is open (see _answer).
+    """
+    user = request_user(request)
+    if isinstance(body, ChatError):
+        raise body
+    data, idempotency = body
+    conversation, model, limits, replay, parent = _message_checks(user, conversation_id, data, idempotency)
+    if replay is not None:
+        return _Post(user, conversation, replay=replay)
+    post = _Post(user, conversation, limits)
+    post.store = functools.partial(
+        _message_store, user, conversation, data["content"], model, limits, idempotency, parent
+    )
+    if store:
+        post.stored = post.store()
+    return post
+
+
+def _regenerate_accept(request, conversation_id, message_id, body, *, store: bool) -> _Post:
+    """One database hop for a regenerate, as ``_message_accept``."""
+    user = request_user(request)
+    if isinstance(body, ChatError):
+        raise body
+    data, idempotency = body
+    conversation, reply, model, limits, replay = _regenerate_checks(
         user, conversation_id, message_id, data, idempotency
     )
     if replay is not None:
-        return await _replay_post(request, user, conversation, None, replay)
-    store = functools.partial(_regenerate_store, user, conversation, reply, model, limits, idempotency)
-    return await _start_reply(request, user, conversation, limits, store, accepted_at=accepted_at)
+        return _Post(user, conversation, replay=(None, replay))
+    post = _Post(user, conversation, limits)
+    post.store = functools.partial(_regenerate_store, user, conversation, reply, model, limits, idempotency)
+    if store:
+        post.stored = post.store()
+    return post
 
 
 def _message_checks(user, conversation_id, data, idempotency):
-    """One thread hop: visibility, an earlier post with the same Idempotency-Key, parent, model, the user's limits.
+    """Visibility, an earlier post with the same Idempotency-Key, parent, model, the user's limits.
 
     Returns (conversation, model, limits, replay, parent): ``replay`` is the
     (user message, reply) of the earlier post, when this is a repeat (then
@@ -224,7 +297,7 @@ def _message_checks(user, conversation_id, data, idempotency):
 
 
 def _regenerate_checks(user, conversation_id, message_id, data, idempotency):
-    """One thread hop: visibility, the reply to regenerate, a repeat's Idempotency-Key, model, the user's limits.
+    """Visibility, the reply to regenerate, a repeat's Idempotency-Key, model, the user's limits.
 
     Returns (conversation, reply, model, limits, replay): ``replay`` is the
     reply an earlier regenerate with the same key made. 404 for an unknown
@@ -254,7 +327,7 @@ def _regenerate_checks(user, conversation_id, message_id, data, idempotency):
 
 
 def _message_store(user, conversation, content, model, limits, idempotency, parent):
-    """One thread hop: store both messages and read the history the model will get."""
+    """Store both messages and read the history the model will get."""
     key, request_hash = idempotency or (None, "")
     user_message, assistant_message = services.message_submit(
         conversation=conversation,
@@ -271,7 +344,7 @@ def _message_store(user, conversation, content, model, limits, idempotency, pare
 
 
 def _regenerate_store(user, conversation, reply, model, limits, idempotency):
-    """One thread hop: store the new sibling reply and read the history the model will get."""
+    """Store the new sibling reply and read the history the model will get."""
     key, request_hash = idempotency or (None, "")
     assistant_message = services.message_regenerate(
         conversation=conversation,
@@ -293,23 +366,30 @@ def _accepted_body(user_message, assistant_message) -> dict:
     return body
 
 
-async def _start_reply(request, user, conversation, limits, store, *, accepted_at):
-    """Store a new reply with ``store`` and start generating it; the answer to a post or a regenerate.
+async def _answer(request, post: _Post, *, accepted_at):
+    """Start generating ``post``'s reply; the answer to a post or a regenerate.
 
-    ``store`` is one thread hop returning (user message or None, reply,
-    history). JSON: 202 with the stored messages. ``Accept:
-    text/event-stream``: that generation's events, ending after its final one.
+    JSON: 202 with the stored messages. ``Accept: text/event-stream``: that
+    generation's events, ending after its final one; its stream (which needs
+    Redis) opens before the messages are stored, so with Redis down the post
+    is refused, never half-done. A repeat (same Idempotency-Key) is answered
+    as the first was.
     """
-    stream = await ReplyStream.open(request, user, conversation, limits) if wants_sse(request) else None
-    try:
-        user_message, assistant_message, history = await adb(store)()
-    except BaseException:
-        if stream is not None:
+    if post.replay is not None:
+        return await _replay_post(request, post.user, post.conversation, *post.replay)
+    stream = None
+    stored = post.stored
+    if stored is None:
+        stream = await ReplyStream.open(request, post.user, post.conversation, post.limits)
+        try:
+            stored = await adb(post.store)()
+        except BaseException:
             await stream.abandon()
-        raise
+            raise
+    user_message, assistant_message, history = stored
     # From here the post has succeeded whatever Redis does (generation_start never raises for it).
     await generation_start(
-        conversation=conversation,
+        conversation=post.conversation,
         user_message=user_message,
         assistant_message=assistant_message,
         history=history,
