@@ -1,7 +1,7 @@
 """The deployment under test and the tools to drive and observe it.
 
 Everything runs on loopback: one Redis, the fake provider as its own
-process, a SQLite file and daphne processes from ``tests.conftest.Stack``,
+process, a SQLite file and daphne processes from ``tests.servers.Stack``,
 and the viewer load in worker processes (``bench.sseload``).
 """
 
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import ROOT, PostgresServer, RedisServer, Stack, free_port, login, wait_for_port
+from tests.servers import ROOT, PostgresServer, RedisServer, Stack, free_port, login, wait_for_port
 
 HOST = "127.0.0.1"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

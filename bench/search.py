@@ -27,7 +27,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from tests.conftest import ROOT, PostgresServer
+from tests.servers import ROOT, PostgresServer
 
 from .stats import fmt
 

@@ -3,9 +3,10 @@
 import json
 import socket
 import threading
-import time
 
 import httpx
+
+from tests.servers import eventually
 
 
 class SSEEvent:
@@ -109,14 +110,20 @@ class Viewer(threading.Thread):
         return self.events
 
     def wait_for(self, predicate, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(predicate(e) for e in list(self.events)):
-                return
-            if self.ended.is_set():
-                break
-            time.sleep(0.01)
-        raise AssertionError(f"no matching event; got {[e.type for e in self.events]}")
+        """Return the first event matching ``predicate``, waiting up to ``timeout`` s; AssertionError if the
+        stream ends or the time passes without one."""
+
+        def matched():
+            ended = self.ended.is_set()  # read before the events: an event added before the end is seen
+            found = next((e for e in list(self.events) if predicate(e)), None)
+            if found is None and ended:
+                raise AssertionError(no_match())
+            return found
+
+        def no_match():
+            return f"no matching event; got {[e.type for e in self.events]}"
+
+        return eventually(matched, timeout=timeout, interval=0.01, message=no_match)
 
 
 def start_viewer(client, path, **kwargs) -> Viewer:

@@ -16,7 +16,7 @@ from django.http import HttpResponse, JsonResponse
 from django.test import AsyncClient, Client
 from django.urls import path
 
-from tests.conftest import RedisServer, login
+from tests.servers import RedisServer, login
 
 DATABASE_UNAVAILABLE = {
     "error": {
@@ -154,7 +154,7 @@ def ready(client) -> tuple[int, dict, float]:
 @pytest.fixture
 def database(request):
     """``Stack(database=...)`` for the run's engine, one that ``database_down()`` can take away."""
-    from tests.conftest import postgres_url_of_this_run
+    from tests.servers import postgres_url_of_this_run
 
     return request.getfixturevalue("postgres_server") if postgres_url_of_this_run() else "sqlite"
 

@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, ROOT, login, start_ldap_server
 from tests.ldapserver import READER_PASSWORD
+from tests.servers import PASSWORD, ROOT, login, start_ldap_server
 from tests.sseclient import start_viewer
 
 pytestmark = pytest.mark.processes
@@ -26,7 +26,7 @@ LOCAL = "config.settings.local"
 
 @pytest.fixture(scope="module")
 def servers(ldap_server, redis_server):
-    from tests.conftest import Stack
+    from tests.servers import Stack
 
     # A high limit: the wrong passwords of these tests must not lock 127.0.0.1 (the throttle has its own test).
     stack = Stack(redis_url=redis_server.url, extra_env=ldap_server.env(AXES_FAILURE_LIMIT="100"))

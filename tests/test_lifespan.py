@@ -1,7 +1,7 @@
 """The app under another ASGI server: uvicorn's lifespan events run daphne's ``serve`` start-up and shutdown hooks.
 
 uvicorn serves ``config.asgi:application`` on a real socket, with the same
-database, Redis and settings as the daphne processes of ``tests.conftest.Stack``.
+database, Redis and settings as the daphne processes of ``tests.servers.Stack``.
 """
 
 import signal
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, eventually, free_port, login, wait_for_port
+from tests.servers import ROOT, eventually, free_port, login, wait_for_port
 from tests.sseclient import final_for, start_viewer
 
 pytestmark = pytest.mark.processes

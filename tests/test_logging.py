@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 
 from chat.logs import JsonFormatter, PlainFormatter, RedactSecretsFilter, RequestIdFilter
-from tests.conftest import login
+from tests.servers import login
 
 SANE = "ci-run.42_Req-7"
 GENERATED = re.compile(r"[0-9a-f]{32}")

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, Stack, login
+from tests.servers import PASSWORD, Stack, login
 
 pytestmark = pytest.mark.processes
 
@@ -157,5 +157,6 @@ def test_the_lock_ends_when_retry_after_says(stack_factory):
     assert_locked(locked, cool_off=3)
     assert "try again in 1 minute." in locked.text
     # Attempts while locked do not extend the window: Retry-After is a promise.
+    # The wait is the test: exactly the time Retry-After names, then the sign-in works.
     time.sleep(int(locked.headers["Retry-After"]))
     assert sign_in(port, "olivia", PASSWORD, source="127.0.0.21").status_code == 302

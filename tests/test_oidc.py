@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, Stack
 from tests.oidcprovider import OIDCProvider
+from tests.servers import PASSWORD, Stack
 from tests.sseclient import start_viewer
 
 pytestmark = pytest.mark.processes

@@ -12,7 +12,7 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Stack
+from tests.servers import ROOT, Stack
 
 # Variables these tests set themselves; a developer's shell must not change the outcome.
 OURS = (

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_for_port
+from tests.servers import ROOT, free_port, wait_for_port
 
 
 @pytest.mark.processes

@@ -10,7 +10,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from tests.browser.conftest import SCREENSHOTS, PageRecorder
-from tests.conftest import PASSWORD, Stack
+from tests.servers import PASSWORD, Stack
 
 pytestmark = pytest.mark.browser
 

@@ -24,7 +24,7 @@ from tests.browser.conftest import (
     watch_assistant,
     words,
 )
-from tests.conftest import Stack
+from tests.servers import Stack, eventually
 
 pytestmark = pytest.mark.browser
 
@@ -381,14 +381,16 @@ def test_offline_mid_stream_resumes_without_loss_or_repeat(open_page, live):
     expect(page.locator("#connection-status")).to_contain_text("offline")
     # Deltas received just before the drop are painted on a later animation frame: let that settle.
     content = last_assistant(page).locator(".message-content")
-    before, deadline = None, time.monotonic() + 3
-    while time.monotonic() < deadline:
-        now = content.inner_text()
-        if now == before:
-            break
-        before = now
-        time.sleep(0.3)
-    time.sleep(1.5)  # the reply goes on on the server meanwhile
+    texts = []
+
+    def settled():
+        texts.append(content.inner_text())
+        return len(texts) > 1 and texts[-1] == texts[-2]  # the same text 0.3 s apart
+
+    eventually(settled, timeout=3, interval=0.3)
+    before = texts[-1]
+    # The wait is the test: the reply goes on on the server for 1.5 s, and nothing of it reaches the page.
+    time.sleep(1.5)
     assert last_assistant(page).locator(".message-content").inner_text() == before
     page.context.set_offline(False)
     message = wait_final(page)
@@ -572,6 +574,7 @@ def test_auto_scroll_follows_unless_scrolled_up(open_page, live):
     page.wait_for_function("() => document.getElementById('transcript').scrollHeight > 700")
     assert transcript.evaluate(at_bottom)
     transcript.evaluate("el => { el.scrollTop = 0; el.dispatchEvent(new Event('scroll')); }")
+    # The wait is the test: for 0.5 s of streaming the view stays where the reader put it.
     time.sleep(0.5)
     assert transcript.evaluate("el => el.scrollTop") == 0
     expect(page.get_by_role("button", name="Jump to the latest")).to_be_visible()

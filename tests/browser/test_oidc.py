@@ -12,8 +12,8 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import SCREENSHOTS, PageRecorder, wait_ready
-from tests.conftest import Stack
 from tests.oidcprovider import OIDCProvider
+from tests.servers import Stack
 
 pytestmark = pytest.mark.browser
 

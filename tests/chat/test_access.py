@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import PASSWORD, login
+from tests.servers import PASSWORD, login
 from tests.sseclient import start_viewer
 
 pytestmark = pytest.mark.processes
@@ -23,7 +23,7 @@ REVOKE_WITHIN = 5.0
 
 @pytest.fixture(scope="module")
 def servers(redis_server, fake_provider):
-    from tests.conftest import Stack
+    from tests.servers import Stack
 
     stack = Stack(
         redis_url=redis_server.url,

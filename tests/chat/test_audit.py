@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from chat.audit import audit_record
 from chat.models import AuditEntry, UsageLimit
 from tests.chat.test_admin import CONVERSATIONS, MESSAGES, USAGE, conversation, exchange, run_action
-from tests.conftest import login
+from tests.servers import login
 
 pytestmark = pytest.mark.django_db
 

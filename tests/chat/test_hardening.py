@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import RedisServer, eventually, login
+from tests.servers import RedisServer, eventually, login
 from tests.sseclient import final_for, start_viewer
 
 pytestmark = pytest.mark.processes
@@ -21,7 +21,7 @@ PER_MINUTE = 20
 
 @pytest.fixture(scope="module")
 def servers(redis_server, fake_provider):
-    from tests.conftest import Stack
+    from tests.servers import Stack
 
     stack = Stack(
         redis_url=redis_server.url,

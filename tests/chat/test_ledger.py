@@ -22,7 +22,7 @@ from chat.models import Message, ModelPrice, UsageEntry, UsageLimit
 from chat.providers.base import TextDelta, Usage
 from chat.tokens import estimate_usage
 from tests.chat.test_reply_limits import ScriptedProvider, generate
-from tests.conftest import eventually, login
+from tests.servers import eventually, login
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from chat import services
 from chat.models import Message, UsageEntry, UsageLimit
-from tests.conftest import login
+from tests.servers import eventually, login
 from tests.sseclient import start_viewer
 
 
@@ -113,13 +113,10 @@ def test_open_stream_cap_across_processes(redis_server, stack_factory):
     # Closing a stream frees its slot.
     first.close()
     first.ended.wait(5)
-    for _ in range(50):
-        fourth = start_viewer(on_b, path, until=lambda e: False)
-        if fourth.status == 200:
-            break
-        import time
-
-        time.sleep(0.1)
-    assert fourth.status == 200
+    fourth = eventually(
+        lambda: (viewer := start_viewer(on_b, path, until=lambda e: False)).status == 200 and viewer,
+        timeout=5,
+        interval=0.1,
+    )
     for viewer in (second, fourth):
         viewer.close()

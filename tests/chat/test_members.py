@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from chat import services
-from tests.conftest import login
+from tests.servers import login
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import json
 import httpx
 import pytest
 
-from tests.conftest import Stack, login
 from tests.fakeprovider import reply_text
+from tests.servers import Stack, login
 from tests.sseclient import start_viewer
 
 pytestmark = pytest.mark.processes
@@ -129,7 +129,7 @@ def test_llm_max_tokens_is_sent_to_the_provider(plain, fake_provider):
 
 @pytest.mark.parametrize("reachable", [True, False], ids=["fake", "closed-port"])
 def test_credentials_in_llm_base_url_reach_no_user(fake_provider, reachable):
-    from tests.conftest import free_port
+    from tests.servers import free_port
 
     port = fake_provider.port if reachable else free_port()
     stack, client = start(f"http://gwuser:{URL_PASSWORD}@127.0.0.1:{port}/v1?api-key={QUERY_KEY}")

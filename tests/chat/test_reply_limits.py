@@ -18,7 +18,7 @@ from chat.eventlog import get_event_log
 from chat.models import Message
 from chat.providers.base import Finish, TextDelta, Usage
 from chat.tokens import count_tokens, estimate_usage
-from tests.conftest import login
+from tests.servers import login
 from tests.sseclient import SSEEvent, final_for, start_viewer
 
 FINAL_TYPES = {"message.completed", "message.failed", "message.cancelled", "message.interrupted"}
@@ -299,7 +299,7 @@ SLOW_ENDLESS = "fake:chunks=100000;interval_ms=50"
 
 @pytest.fixture(scope="module")
 def capped(redis_server, fake_provider):
-    from tests.conftest import Stack
+    from tests.servers import Stack
 
     stack = Stack(
         redis_url=redis_server.url,

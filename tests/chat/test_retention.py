@@ -18,7 +18,7 @@ from django.utils import timezone
 from chat import reaper, selectors, services
 from chat.eventlog import MemoryEventLog, RedisEventLog
 from chat.models import AuditEntry, Conversation, Message, UsageEntry, UserLegalHold
-from tests.conftest import login
+from tests.servers import login
 from tests.sseclient import start_viewer
 
 CONVERSATIONS = "/admin/chat/conversation/"
@@ -95,7 +95,7 @@ def test_a_stream_of_a_soft_deleted_conversation_is_lost_as_deleted(client, owne
 
 @pytest.fixture(scope="module")
 def servers(redis_server, fake_provider):
-    from tests.conftest import Stack
+    from tests.servers import Stack
 
     stack = Stack(redis_url=redis_server.url, llm_base_url=fake_provider.base_url, llm_models="fake:chunks=3")
     stack.setup(usernames=("olivia", "max"))

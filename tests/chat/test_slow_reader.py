@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from tests.conftest import eventually, login
 from tests.fakeprovider import reply_text
+from tests.servers import eventually, login
 from tests.sseclient import final_for, parse_lines, start_viewer
 
 pytestmark = pytest.mark.processes

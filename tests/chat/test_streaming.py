@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import login
 from tests.fakeprovider import reply_text
+from tests.servers import eventually, login
 from tests.sseclient import final_for, start_viewer
 
 pytestmark = pytest.mark.processes
@@ -43,7 +43,7 @@ API_KEY = "sk-test-SECRET-do-not-leak-1234"
 
 @pytest.fixture(scope="module")
 def servers(redis_server, fake_provider, tmp_path_factory):
-    from tests.conftest import Stack
+    from tests.servers import Stack
 
     stack = Stack(
         redis_url=redis_server.url,
@@ -96,6 +96,24 @@ def deltas_of(events, message_id):
 
 def assert_gapless(deltas, start=1):
     assert [d["seq"] for d in deltas] == list(range(start, start + len(deltas)))
+
+
+def provider_request(fake_provider, model, *, since=0):
+    """The fake provider's record of its newest request for ``model`` past the first ``since`` of its log, or None."""
+    records = [r for r in fake_provider.requests()[since:] if r.get("model") == model]
+    return records[-1] if records else None
+
+
+def deltas_sent(fake_provider, model, *, since):
+    """How many chunks the fake provider has sent for its newest request for ``model`` past ``since``."""
+    record = provider_request(fake_provider, model, since=since)
+    return record["deltas_sent"] if record else 0
+
+
+def last_message_when_done(client, conversation):
+    """The conversation's newest message once it is no longer streaming, else None (for ``eventually``)."""
+    last = client.get(f"/api/conversations/{conversation['id']}/").json()["messages"][-1]
+    return last if last["status"] != "streaming" else None
 
 
 def db_message(stack, message_id):
@@ -178,11 +196,13 @@ def test_reasoning_deltas(servers, people):
     assert "".join(d["content"] for d in deltas) == final["content"] == expected_text(REASONING)
 
 
-def test_late_joiner_gets_a_snapshot_then_the_rest(servers, people):
+def test_late_joiner_gets_a_snapshot_then_the_rest(servers, people, fake_provider):
     owner_a, member_b, _ = people
     conversation = new_conversation(owner_a, LATE)
+    since = len(fake_provider.requests())
     assistant_id = post(owner_a, conversation)["assistant_message"]["id"]
-    time.sleep(0.6)
+    # Join late: once the reply is well under way (30 of its 150 chunks sent).
+    eventually(lambda: deltas_sent(fake_provider, LATE, since=since) >= 30)
     viewer = start_viewer(member_b, f"/api/conversations/{conversation['id']}/events/", until=final_for(assistant_id))
     events = viewer.wait()
     assert events[0].type == "message.snapshot" and events[0].id
@@ -208,7 +228,8 @@ def test_reconnect_with_last_event_id_gets_exactly_the_missed_events(servers, pe
     assistant_id = post(owner_a, conversation)["assistant_message"]["id"]
     witness.until = final_for(assistant_id)
     first_events = first.wait()
-    time.sleep(0.4)  # miss some events
+    # Reconnect only after the reply went on without this viewer: it missed some events.
+    witness.wait_for(lambda e: e.type == "message.delta" and e.data["seq"] >= 20)
     last_id = first_events[-1].id
     if how == "header":
         second = start_viewer(member_b, path, headers={"Last-Event-ID": last_id}, until=final_for(assistant_id))
@@ -284,14 +305,9 @@ def test_stop_from_the_other_process_closes_the_upstream_request(servers, people
     assert db_message(stack, assistant_id)["status"] == "cancelled"
     assert took < 5
     # The provider sees the connection closed (its log may trail the final event by a moment).
-    deadline = time.monotonic() + 3
-    while True:
-        records = [r for r in fake_provider.requests() if r.get("model") == SLOW]
-        if records[-1]["outcome"] != "open" or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    assert records[-1]["outcome"] == "client_closed"
-    assert records[-1]["deltas_sent"] < 300
+    record = eventually(lambda: (r := provider_request(fake_provider, SLOW))["outcome"] != "open" and r, timeout=3)
+    assert record["outcome"] == "client_closed"
+    assert record["deltas_sent"] < 300
 
 
 @pytest.mark.parametrize("model", list(FAILURES))
@@ -337,10 +353,7 @@ def test_system_prompt_and_history_go_upstream(servers, people, fake_provider):
     )
     viewer.wait()
     second = post(member_b, conversation, content="second question")
-    deadline = time.monotonic() + 10
-    while member_b.get(f"/api/conversations/{conversation['id']}/").json()["messages"][-1]["status"] == "streaming":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    eventually(lambda: last_message_when_done(member_b, conversation), timeout=10)
     request = [r for r in fake_provider.requests() if r.get("model") == "fake-echo"][-1]
     sent = request["body"]["messages"]
     assert sent[0] == {"role": "system", "content": "Be brief."}
@@ -362,8 +375,8 @@ def test_outsider_cannot_open_the_stream(servers, people):
 def test_removed_member_stream_ends(servers, people):
     owner_a, member_b, _ = people
     conversation = new_conversation(owner_a, STEADY)
+    # start_viewer returns on the response's headers, sent once the stream is subscribed.
     viewer = start_viewer(member_b, f"/api/conversations/{conversation['id']}/events/", until=lambda e: False)
-    time.sleep(0.3)
     assert owner_a.delete(f"/api/conversations/{conversation['id']}/members/max/").status_code == 204
     assert viewer.ended.wait(10), "the removed member's stream stayed open"
     assert not any(e.type == "conversation.updated" for e in viewer.events)
@@ -373,7 +386,6 @@ def test_deleting_the_conversation_ends_streams(servers, people):
     owner_a, member_b, _ = people
     conversation = new_conversation(owner_a, STEADY)
     viewer = start_viewer(member_b, f"/api/conversations/{conversation['id']}/events/", until=lambda e: False)
-    time.sleep(0.3)
     assert owner_a.delete(f"/api/conversations/{conversation['id']}/").status_code == 204
     assert viewer.ended.wait(10)
 
@@ -386,7 +398,6 @@ def test_conversation_updates_reach_viewers(servers, people):
         f"/api/conversations/{conversation['id']}/events/",
         until=lambda e: e.type == "conversation.updated",
     )
-    time.sleep(0.3)
     assert owner_a.patch(f"/api/conversations/{conversation['id']}/", json={"title": "Renamed"}).status_code == 200
     events = viewer.wait(10)
     assert events[-1].data["title"] == "Renamed" and events[-1].data["members"] == ["max"]
@@ -396,9 +407,9 @@ def test_heartbeat_comment_while_idle(servers, people):
     owner_a, member_b, _ = people
     conversation = new_conversation(owner_a, STEADY)
     viewer = start_viewer(member_b, f"/api/conversations/{conversation['id']}/events/", until=lambda e: False)
-    time.sleep(4.5)
+    # CHAT_HEARTBEAT_SECONDS is 2: two pings within 4.5 s of silence.
+    eventually(lambda: viewer.comments.count(": ping") >= 2, timeout=4.5)
     viewer.close()
-    assert viewer.comments.count(": ping") >= 2
 
 
 def test_slow_viewer_blocks_nobody_and_loses_nothing(servers, people):
@@ -422,6 +433,7 @@ def test_slow_viewer_blocks_nobody_and_loses_nothing(servers, people):
     fast.until = final_for(assistant_id)
     fast.wait_for(final_for(assistant_id), timeout=20)
     fast_took = time.monotonic() - started
+    # The stall is the test: the slow viewer goes on reading nothing for a second after the reply ended.
     time.sleep(1.0)
     # Now the slow viewer reads everything it was sent.
     slow.settimeout(2)
@@ -523,16 +535,18 @@ def test_restart_without_redis_leaves_no_message_streaming(fake_provider, stack_
     a = stack.start_server()
     owner = login(a, "olivia")
     conversation = new_conversation(owner, SLOW, share_with=())
+    since = len(fake_provider.requests())
     assistant_id = post(owner, conversation)["assistant_message"]["id"]
-    time.sleep(1.5)
+    # Killed mid-reply: 60 of its 300 chunks sent, about 1.5 s in.
+    eventually(lambda: deltas_sent(fake_provider, SLOW, since=since) >= 60, timeout=10)
     stack.kill(a)
     owner.close()
     a2 = stack.start_server()
-    deadline = time.monotonic() + 10
-    while db_message(stack, assistant_id)["status"] == "streaming":
-        assert time.monotonic() < deadline, "still streaming after restart"
-        time.sleep(0.1)
-    row = db_message(stack, assistant_id)
+    row = eventually(
+        lambda: (r := db_message(stack, assistant_id))["status"] != "streaming" and r,
+        timeout=10,
+        message="still streaming after restart",
+    )
     assert row["status"] == "interrupted" and row["error_code"] == "interrupted"
     owner = login(a2, "olivia")
     assert owner.get(f"/api/conversations/{conversation['id']}/").json()["messages"][-1]["status"] == "interrupted"
@@ -554,11 +568,5 @@ def test_generation_outlives_every_viewer(servers, people):
             assert response.status_code == 200
             next(response.iter_lines())
         # The tab is closed; the reply goes on.
-    deadline = time.monotonic() + 15
-    while True:
-        last = owner_a.get(f"/api/conversations/{conversation['id']}/").json()["messages"][-1]
-        if last["status"] != "streaming":
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    last = eventually(lambda: last_message_when_done(owner_a, conversation), timeout=15)
     assert last["status"] == "complete" and last["content"] == expected_text(model)

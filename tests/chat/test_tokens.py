@@ -447,7 +447,7 @@ REVOKE_WITHIN = 5.0
 
 @pytest.fixture(scope="module")
 def live(redis_server, fake_provider):
-    from tests.conftest import Stack
+    from tests.servers import Stack
 
     stack = Stack(
         redis_url=redis_server.url,
@@ -477,7 +477,7 @@ def token_client(port, secret):
 def test_revoking_a_token_ends_its_streams_on_another_process_only(live):
     import time
 
-    from tests.conftest import login
+    from tests.servers import login
     from tests.sseclient import start_viewer
 
     stack, a, b = live
@@ -523,7 +523,7 @@ def test_the_documented_script_prints_the_reply_as_stored(live):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, login
+    from tests.servers import ROOT, login
 
     stack, a, _ = live
     session = login(a, "max")
@@ -547,7 +547,7 @@ def test_the_documented_script_prints_the_reply_as_stored(live):
 
 
 def test_the_api_doc_shows_exactly_the_tested_script():
-    from tests.conftest import ROOT
+    from tests.servers import ROOT
 
     doc = (ROOT / "docs" / "api.md").read_text()
     shown = doc.split("```python\n", 1)[1].split("```", 1)[0]

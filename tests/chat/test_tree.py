@@ -14,7 +14,7 @@ from django.utils import timezone
 from chat import selectors, services
 from chat.errors import RateLimited
 from chat.models import Conversation, IdempotencyKey, Message
-from tests.conftest import eventually, login
+from tests.servers import eventually, login
 from tests.sseclient import final_for, start_viewer
 
 STEADY = "fake:chunks=20;interval_ms=10"
@@ -231,7 +231,7 @@ def test_regenerate_refusals(api, owner, member, outsider, conversation):
 
 @pytest.fixture(scope="module")
 def servers(redis_server, fake_provider):
-    from tests.conftest import Stack
+    from tests.servers import Stack
 
     stack = Stack(
         redis_url=redis_server.url,
