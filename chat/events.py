@@ -99,24 +99,30 @@ def parse_id(event_id: str) -> tuple[int, int]:
 
 
 class Event:
-    """One logged event: ``data`` is its JSON text; its wire frame is encoded once for every viewer."""
+    """One logged event: ``data`` is its JSON text; its wire frame is encoded once for every viewer.
 
-    __slots__ = ("id", "type", "data", "prev", "_key", "_frame")
+    ``message_id``: the message the event is about (its ``message.created``,
+    deltas and final event), None for conversation events; ``final``: it ends
+    that message's stream. Streams route by these fields, never by ``data``.
+    """
 
-    def __init__(self, id: str, type: str, data: str, prev: str = "0-0"):
+    __slots__ = ("id", "type", "data", "prev", "message_id", "final", "_key", "_frame")
+
+    def __init__(
+        self, id: str, type: str, data: str, prev: str = "0-0", message_id: str | None = None, final: bool = False
+    ):
         self.id, self.type, self.data, self.prev = id, type, data, prev
+        self.message_id, self.final = message_id, final
         self._key = self._frame = None
 
     def __repr__(self):
         return f"Event({self.id!r}, {self.type!r})"
 
     def __eq__(self, other):
-        return isinstance(other, Event) and (self.id, self.type, self.data, self.prev) == (
-            other.id,
-            other.type,
-            other.data,
-            other.prev,
-        )
+        return isinstance(other, Event) and self._fields() == other._fields()
+
+    def _fields(self) -> tuple:
+        return self.id, self.type, self.data, self.prev, self.message_id, self.final
 
     @property
     def key(self) -> tuple[int, int]:

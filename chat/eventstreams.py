@@ -5,13 +5,11 @@ with the one visibility rule, sends heartbeats, frees its stream slot and
 always ends after an error, a lost access or a final event it waits for.
 """
 
-import asyncio
 import json
 import logging
 import uuid
 
 from django.conf import settings
-from django.http import StreamingHttpResponse
 from redis.exceptions import RedisError
 
 from . import selectors, transport
@@ -23,17 +21,20 @@ from .events import (
     CONVERSATION_DELETED,
     CONVERSATION_UPDATED,
     FINAL_EVENTS,
-    HEARTBEAT,
     MESSAGE_CREATED,
     MESSAGE_SNAPSHOT,
     RESYNC,
     REVOKED_DELETED,
     REVOKED_SIGNED_OUT,
+    Event,
     frame,
     parse_id,
     retry_frame,
 )
-from .fanout import AccessCheck, Resync, get_hub
+from .events import (
+    HEARTBEAT as HEARTBEAT_FRAME,
+)
+from .fanout import HEARTBEAT, AccessCheck, Resync, get_hub
 from .http import api_view
 from .serializers import message_to_dict
 
@@ -148,10 +149,9 @@ class ReplyStream:
         """Leave the feed and free the slot: the post failed before it stored anything."""
         await _leave(self.viewer, self.slot)
 
-    def response(self, user_message, assistant_message) -> StreamingHttpResponse:
+    def response(self, user_message, assistant_message) -> transport.EventStreamResponse:
         """The stream of both messages' events from the tail read at ``open``, until the reply's final event."""
-        ids = tuple(str(m.id) for m in (user_message, assistant_message) if m is not None)
-        markers = tuple(f'"{key}":"{mid}"' for mid in ids for key in ("id", "message_id"))
+        ids = frozenset(str(m.id) for m in (user_message, assistant_message) if m is not None)
         access = StreamAccess(self.request, self.user, self.conversation_id)
         return _sse_response(
             _event_stream(
@@ -159,7 +159,7 @@ class ReplyStream:
                 access,
                 self.slot,
                 last_id=self.last_id,
-                wanted=lambda item: any(marker in item.data for marker in markers),
+                wanted=ids,
                 final_id=str(assistant_message.id),
             ),
             self.request,
@@ -173,7 +173,7 @@ async def _leave(viewer, slot) -> None:
         await _release_slot(slot)
 
 
-async def replay_stream(request, user, conversation, user_message, assistant_message) -> StreamingHttpResponse:
+async def replay_stream(request, user, conversation, user_message, assistant_message) -> transport.EventStreamResponse:
     """The event stream answering a repeated streaming post or regenerate (same Idempotency-Key), creating nothing.
 
     The user's message (none for a regenerate), then the reply's snapshot and
@@ -186,7 +186,7 @@ async def replay_stream(request, user, conversation, user_message, assistant_mes
     try:
         viewer = await get_hub().join(conversation_id, user_id=user.pk)
         last_id, states = await get_event_log().cut(conversation_id)
-        state = next((s for s in states if f'"id":"{assistant_message.id}"' in s.message), None)
+        state = next((s for s in states if s.message_id == str(assistant_message.id)), None)
         if state is None:
             # Ended (perhaps just now): the stored message is final.
             assistant_message = await adb(selectors.message_get)(
@@ -205,7 +205,6 @@ async def replay_stream(request, user, conversation, user_message, assistant_mes
     snapshot = json.loads(state.message)
     snapshot.update(content=state.content, reasoning=state.reasoning)
     prelude += frame(MESSAGE_SNAPSHOT, {"message": snapshot, "seq": state.seq}, last_id)
-    marker = f'"{assistant_message.id}"'
     access = StreamAccess(request, user, conversation_id)
     return _sse_response(
         _event_stream(
@@ -214,7 +213,7 @@ async def replay_stream(request, user, conversation, user_message, assistant_mes
             slot,
             last_id=last_id,
             prelude=prelude,
-            wanted=lambda item: marker in item.data,
+            wanted=frozenset((str(assistant_message.id),)),
             final_id=str(assistant_message.id),
         ),
         request,
@@ -222,19 +221,19 @@ async def replay_stream(request, user, conversation, user_message, assistant_mes
 
 
 async def _event_stream(viewer, access, slot, *, last_id, prelude=b"", backlog=(), wanted=None, final_id=None):
-    """The frames of one event stream, live from ``last_id``.
+    """The frames of one event stream, live from ``last_id``: one chunk per batch the queue held.
 
     Sends ``prelude`` (snapshots, a resync), then ``backlog``, then what the
-    feed delivers: every logged event after ``last_id`` that ``wanted``
-    accepts (all when None), a heartbeat when idle. Ends after the final event
-    of message ``final_id`` (when given); with ``access.revoked`` as the last
-    event when the viewer loses access (signed out, removed, deleted); when
-    the viewer falls too far behind (the client resumes from the log); or on
-    any error, so a broken stream never stays open and silent. Always leaves
-    the feed and frees the stream slot.
+    feed delivers: every logged event after ``last_id`` about a message in
+    ``wanted`` (every event when None), and a heartbeat each time the
+    process's timer ticks. Ends after the final event of message
+    ``final_id`` (when given); with ``access.revoked`` as the last event when
+    the viewer loses access (signed out, removed, deleted); when the viewer
+    falls too far behind (the client resumes from the log); or on any error,
+    so a broken stream never stays open and silent. Always leaves the feed
+    and frees the stream slot.
     """
     viewer.started = True
-    pending = asyncio.ensure_future(viewer.queue.get())
     last_key = parse_id(last_id)
     heartbeats = 0
     try:
@@ -242,43 +241,39 @@ async def _event_stream(viewer, access, slot, *, last_id, prelude=b"", backlog=(
         items = list(backlog)
         while True:
             if not items:
-                items, pending = await _next_items(viewer, pending)
+                items = await viewer.take()
             if viewer.overflowed:
                 return
-            if not items:
-                yield HEARTBEAT
-                heartbeats += 1
-                await _refresh_slot(slot)
-                if heartbeats % ACCESS_RECHECK_HEARTBEATS == 0 and (reason := await access.lost()):
-                    yield frame(ACCESS_REVOKED, {"reason": reason}, last_id)
-                    return
-                continue
             chunk = []
             reason = None
             for item in items:
-                if isinstance(item, Resync):
+                if isinstance(item, Event):
+                    if item.key <= last_key:
+                        continue
+                    last_id, last_key = item.id, item.key
+                    if item.type == CONVERSATION_DELETED:
+                        reason = REVOKED_DELETED
+                        break
+                    # Membership may have changed: ask the one visibility rule again.
+                    if item.type == CONVERSATION_UPDATED and (reason := await access.lost()):
+                        break
+                    if wanted is not None and item.message_id not in wanted:
+                        continue
+                    chunk.append(item.frame())
+                    if item.final and item.message_id == final_id:
+                        yield b"".join(chunk)
+                        return
+                elif item is HEARTBEAT:
+                    chunk.append(HEARTBEAT_FRAME)
+                    heartbeats += 1
+                    await _refresh_slot(slot)
+                    if heartbeats % ACCESS_RECHECK_HEARTBEATS == 0 and (reason := await access.lost()):
+                        break
+                elif isinstance(item, Resync):
                     last_id, last_key = item.id, parse_id(item.id)
                     chunk.append(frame(RESYNC, {}, item.id))
-                    continue
-                if isinstance(item, AccessCheck):
-                    if reason := await access.lost_after(item):
-                        break
-                    continue
-                if item.key <= last_key:
-                    continue
-                last_id, last_key = item.id, item.key
-                if item.type == CONVERSATION_DELETED:
-                    reason = REVOKED_DELETED
+                elif isinstance(item, AccessCheck) and (reason := await access.lost_after(item)):
                     break
-                # Membership may have changed: ask the one visibility rule again.
-                if item.type == CONVERSATION_UPDATED and (reason := await access.lost()):
-                    break
-                if wanted is not None and not wanted(item):
-                    continue
-                chunk.append(item.frame())
-                if final_id is not None and item.type in FINAL_TYPES and f'"id":"{final_id}"' in item.data:
-                    yield b"".join(chunk)
-                    return
             items = []
             if reason is not None:
                 chunk.append(frame(ACCESS_REVOKED, {"reason": reason}, last_id))
@@ -290,33 +285,20 @@ async def _event_stream(viewer, access, slot, *, last_id, prelude=b"", backlog=(
         # The client reconnects (EventSource) and resumes from the log.
         logger.exception("event stream of conversation %s ended by an error", viewer.feed.conversation_id)
     finally:
-        pending.cancel()
         viewer.feed.hub.leave(viewer)
         await _release_slot(slot)
-
-
-async def _next_items(viewer, pending):
-    """Wait up to a heartbeat for the viewer's queue; return (items, pending)."""
-    done, _ = await asyncio.wait({pending}, timeout=settings.CHAT_HEARTBEAT_SECONDS)
-    if not done:
-        return [], pending
-    items = [pending.result()]
-    while not viewer.queue.empty() and len(items) < 256:
-        items.append(viewer.queue.get_nowait())
-    return items, asyncio.ensure_future(viewer.queue.get())
 
 
 async def _frames(data: bytes):
     yield data
 
 
-def _sse_response(stream, request) -> StreamingHttpResponse:
+def _sse_response(stream, request) -> transport.EventStreamResponse:
     # A client that stops reading is cut off before it costs this process more
     # than its budget in unsent bytes (daphne never makes a write wait).
-    stream = transport.within_budget(
-        stream, request.scope, budget=settings.CHAT_VIEWER_MAX_PENDING_BYTES, label=request.path
+    response = transport.EventStreamResponse(
+        stream, scope=request.scope, budget=settings.CHAT_VIEWER_MAX_PENDING_BYTES, label=request.path
     )
-    response = StreamingHttpResponse(stream, content_type="text/event-stream; charset=utf-8")
     for name, value in SSE_HEADERS.items():
         response[name] = value
     return response

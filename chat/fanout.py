@@ -1,40 +1,42 @@
 """Live delivery of a conversation's events to every viewer in this process.
 
-Each process joins the channel-layer group ``conversation.<id>`` once per
-conversation it has viewers for (one channel, one pending ``receive()``),
-and hands every event to its local viewers' queues. The channel layer is the
-fast path; it may drop or reorder messages, so the feed checks each event's
-``prev`` against the last id it delivered and fills any hole from the event
-log. Viewers therefore see every event exactly once, in log order.
+The event log publishes every appended event (``EventLog.append``: one Redis
+round trip that logs and publishes). Each process holds ONE subscription
+(``EventLog.live``) to the conversations it has viewers for, and one ``Feed``
+per such conversation hands each event to its local viewers' queues; the
+process that appended an event delivers it to its own feed at once
+(``publish``). Pub/sub may drop messages (a reconnect) and two publishers may
+interleave, so the feed checks each event's ``prev`` against the last id it
+delivered and fills any hole from the log; a process-wide timer also compares
+the log's tail with each feed's (every second while a reply streams), which
+catches a lost last event. Viewers therefore see every event exactly once, in
+log order. The channel layer carries only control messages (access changes,
+stops).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from channels.layers import get_channel_layer
 
 from .eventlog import get_event_log
-from .events import FINAL_EVENTS, MESSAGE_CREATED, Event, parse_id
+from .events import FINAL_EVENTS, MESSAGE_CREATED, MESSAGE_DELTA, Event, parse_id
 
 logger = logging.getLogger(__name__)
 
-# A viewer this far behind is cut off; its EventSource resumes from the log.
-VIEWER_QUEUE_LIMIT = 20_000
+# A viewer whose queue holds this many bytes of event data is cut off; its
+# EventSource resumes from the log (a reader that far behind is better served
+# by one replay than by this process holding every event for it).
+VIEWER_QUEUE_BYTES = 4 * 1024 * 1024
 # How long a feed with no viewers stays subscribed (reconnects are common).
 FEED_LINGER_SECONDS = 5.0
 # A viewer whose response never started streaming (client gone early) is dropped.
 VIEWER_START_DEADLINE_SECONDS = 30.0
-# channels-redis forgets group members after a day; re-join well before.
-GROUP_REJOIN_SECONDS = 3600.0
 
-_FINAL_TYPES = set(FINAL_EVENTS.values())
-
-
-def conversation_group(conversation_id) -> str:
-    return f"conversation.{conversation_id}"
+_FINAL_TYPES = frozenset(FINAL_EVENTS.values())
+_OPENS_REPLY = frozenset((MESSAGE_CREATED, MESSAGE_DELTA))
 
 
 def generation_group(message_id) -> str:
@@ -48,6 +50,8 @@ def user_group(user_id) -> str:
 class Resync:
     """Marker put on viewer queues: the feed lost events it cannot recover."""
 
+    __slots__ = ("id",)
+
     def __init__(self, event_id: str):
         self.id = event_id
 
@@ -59,151 +63,228 @@ class AccessCheck:
     re-validates its own session (deactivated, password changed).
     """
 
+    __slots__ = ("ended_session",)
+
     def __init__(self, ended_session: str | None):
         self.ended_session = ended_session
 
 
+class Heartbeat:
+    """Marker the process's timer puts on every viewer's queue each heartbeat interval."""
+
+    __slots__ = ()
+
+
+HEARTBEAT = Heartbeat()
+
+
 class Viewer:
-    """One open event stream's inbox, for one signed-in user."""
+    """One open event stream's inbox, for one signed-in user: a list, bounded in bytes, and one waiter.
+
+    Nothing per viewer runs while it is idle: the stream awaits ``take()``,
+    which parks on one future until something is put.
+    """
+
+    __slots__ = ("feed", "user_id", "items", "size", "waiter", "overflowed", "started")
 
     def __init__(self, feed: Feed, user_id=None):
         self.feed = feed
         self.user_id = None if user_id is None else str(user_id)
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.items: list = []
+        self.size = 0
+        self.waiter: asyncio.Future | None = None
         self.overflowed = False
-        # Set by the response's generator when it first runs; see Hub.join.
+        # Set by the stream when it first runs; see Hub.join.
         self.started = False
 
-    def put(self, item) -> None:
-        if self.queue.qsize() >= VIEWER_QUEUE_LIMIT:
-            self.overflowed = True
+    def put(self, event: Event) -> None:
+        """Queue ``event``; past VIEWER_QUEUE_BYTES the viewer is marked ``overflowed`` instead."""
+        if self.overflowed:
             return
-        self.queue.put_nowait(item)
+        self.size += len(event.data)
+        if self.size > VIEWER_QUEUE_BYTES:
+            self.overflowed = True
+            self.items = []
+        else:
+            self.items.append(event)
+        self._wake()
+
+    def put_marker(self, marker) -> None:
+        """Queue a marker (resync, access check, heartbeat), past the byte bound too: it must arrive."""
+        self.items.append(marker)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list:
+        """Everything queued, oldest first, waiting until there is something; [] once overflowed."""
+        while not self.items and not self.overflowed:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        items, self.items, self.size = self.items, [], 0
+        return items
 
 
 class Feed:
-    """This process's subscription to one conversation's group."""
+    """This process's delivery of one conversation's events to its local viewers, in log order."""
+
+    __slots__ = ("hub", "conversation_id", "viewers", "last_id", "last_key", "generating", "ready", "missed")
+    __slots__ += ("filling", "refill", "heard_at", "checked_at", "linger")
 
     def __init__(self, hub: Hub, conversation_id: str):
         self.hub = hub
         self.conversation_id = conversation_id
         self.viewers: set[Viewer] = set()
         self.last_id = "0-0"
+        self.last_key = (0, 0)
         self.generating = False
-        self.channel: str | None = None
-        self.task: asyncio.Task | None = None
+        # False until the first cut: live events before it are left to a fill.
+        self.ready = False
+        self.missed = False
+        self.filling = False
+        self.refill = False
+        self.heard_at = self.checked_at = 0.0
         self.linger: asyncio.TimerHandle | None = None
-        self.joined_at = 0.0
-        self.rejoin = False
 
     async def start(self) -> None:
-        layer = self.hub.layer
-        # Every process-local channel must share one prefix: channels-redis
-        # receives them all through one lock, blocking on one prefix's key.
-        self.channel = await layer.new_channel()
-        await layer.group_add(conversation_group(self.conversation_id), self.channel)
-        self.joined_at = time.monotonic()
-        # Everything after this id arrives through the group or is filled from the log.
-        self.last_id, states = await self.hub.log.cut(self.conversation_id)
+        """Subscribe, then read the log's cut: everything after it arrives live or is filled from the log."""
+        await self.hub.subscribe(self.conversation_id)
+        last_id, states = await self.hub.log.cut(self.conversation_id)
+        self._advance(last_id)
         self.generating = bool(states)
-        self.task = asyncio.create_task(self._run(), name=f"feed {self.conversation_id}")
+        self.heard_at = self.checked_at = self.hub.now()
+        self.ready = True
+        if self.missed:
+            self.hub.spawn(self.fill())
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-        if self.channel is not None:
-            try:
-                await self.hub.layer.group_discard(conversation_group(self.conversation_id), self.channel)
-            except Exception:  # the layer may be gone (Redis down); the membership expires
-                logger.warning("could not leave group of %s", self.conversation_id)
-
-    async def _run(self) -> None:
-        layer = self.hub.layer
-        pending = asyncio.ensure_future(layer.receive(self.channel))
         try:
-            while True:
-                # While a reply streams, a dropped final event must not wait long.
-                timeout = self.hub.busy_check_seconds if self.generating else self.hub.idle_check_seconds
-                done, _ = await asyncio.wait({pending}, timeout=timeout)
-                try:
-                    if pending in done:
-                        message = pending.result()
-                        pending = asyncio.ensure_future(layer.receive(self.channel))
-                        await self._on_message(message)
-                    else:
-                        await self._check_tail()
-                        if time.monotonic() - self.joined_at > GROUP_REJOIN_SECONDS:
-                            await layer.group_add(conversation_group(self.conversation_id), self.channel)
-                            self.joined_at = time.monotonic()
-                    if self.rejoin:
-                        # After a Redis restart our group membership is gone.
-                        await layer.group_add(conversation_group(self.conversation_id), self.channel)
-                        self.rejoin = False
-                        await self._check_tail()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    # Redis may be restarting: keep the viewers, try again shortly.
-                    logger.warning("feed %s: delivery failed (%s); retrying", self.conversation_id, exc)
-                    self.rejoin = True
-                    if pending.done():
-                        pending = asyncio.ensure_future(layer.receive(self.channel))
-                    await asyncio.sleep(1.0)
-        finally:
-            pending.cancel()
+            await self.hub.unsubscribe(self.conversation_id)
+        except Exception:  # Redis down: the subscription goes with the connection
+            logger.warning("could not unsubscribe from %s", self.conversation_id)
 
-    async def _on_message(self, message: dict) -> None:
-        event = Event(id=message["id"], type=message["t"], data=message["d"], prev=message["p"])
-        last_key = parse_id(self.last_id)
-        if event.key <= last_key:
+    def _advance(self, event_id: str) -> None:
+        self.last_id, self.last_key = event_id, parse_id(event_id)
+
+    def on_event(self, event: Event) -> None:
+        """An event from the live path (published, or appended by this process): deliver it, or fill a hole."""
+        if not self.ready:
+            self.missed = True
+            return
+        self.heard_at = self.hub.now()
+        if event.key <= self.last_key:
             return  # already delivered (filled from the log earlier)
-        if event.prev == self.last_id:
+        if event.prev == self.last_id and not self.filling:
             self._deliver(event)
         else:
-            await self._fill()
+            self.hub.spawn(self.fill())
 
-    async def _check_tail(self) -> None:
-        tail = await self.hub.log.tail(self.conversation_id)
-        if tail != self.last_id:
-            await self._fill()
+    async def check_tail(self) -> None:
+        """Fill from the log if its tail is not the last id delivered (a lost last event)."""
+        self.checked_at = self.hub.now()
+        if await self.hub.log.tail(self.conversation_id) != self.last_id:
+            await self.fill()
 
-    async def _fill(self) -> None:
-        events = await self.hub.log.after(self.conversation_id, self.last_id)
-        if events is None:
-            tail = await self.hub.log.tail(self.conversation_id)
-            logger.warning("feed %s: events lost before %s; viewers resync", self.conversation_id, tail)
-            self.last_id = tail
-            for viewer in list(self.viewers):
-                viewer.put(Resync(tail))
+    async def fill(self) -> None:
+        """Deliver every logged event after the last one delivered; ``Resync`` viewers if they are gone."""
+        if self.filling:
+            self.refill = True
             return
-        for event in events:
-            self._deliver(event)
+        self.filling = True
+        try:
+            while True:
+                self.refill = False
+                events = await self.hub.log.after(self.conversation_id, self.last_id)
+                if events is None:
+                    tail = await self.hub.log.tail(self.conversation_id)
+                    logger.warning("feed %s: events lost before %s; viewers resync", self.conversation_id, tail)
+                    self._advance(tail)
+                    marker = Resync(tail)
+                    for viewer in list(self.viewers):
+                        viewer.put_marker(marker)
+                else:
+                    for event in events:
+                        if event.key > self.last_key:
+                            self._deliver(event)
+                if not self.refill:
+                    return
+        finally:
+            self.filling = False
 
     def _deliver(self, event: Event) -> None:
-        self.last_id = event.id
+        self.last_id, self.last_key = event.id, event.key
         if event.type in _FINAL_TYPES:
             self.generating = False
-        elif event.type == MESSAGE_CREATED and '"status":"streaming"' in event.data:
+        elif event.type in _OPENS_REPLY:
+            # A new message or a delta: a reply streams, so a lost final event must be found fast.
             self.generating = True
-        for viewer in list(self.viewers):
+        for viewer in self.viewers:
             viewer.put(event)
 
 
 class Hub:
-    """The process's feeds, one per conversation with local viewers."""
+    """The process's feeds, one per conversation with local viewers, its one subscription, its one timer.
 
-    def __init__(self, *, idle_check_seconds: float = 15.0, busy_check_seconds: float = 1.0):
+    The timer wakes every ``busy_check_seconds``: it compares the log's tail
+    with each feed's last id (every time while a reply streams, every
+    ``idle_check_seconds`` otherwise), and every ``heartbeat_seconds`` puts a
+    heartbeat on every viewer's queue.
+    """
+
+    def __init__(
+        self, *, idle_check_seconds: float = 15.0, busy_check_seconds: float = 1.0, heartbeat_seconds: float = 15.0
+    ):
         self.feeds: dict[str, Feed] = {}
         self.users = _UserWatch(self)
         self.locks: dict[str, asyncio.Lock] = {}
         self.idle_check_seconds = idle_check_seconds
         self.busy_check_seconds = busy_check_seconds
+        self.heartbeat_seconds = heartbeat_seconds
         self.layer = get_channel_layer()
         self.log = get_event_log()
+        self.live = None
+        self.timer: asyncio.Task | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.unstarted: dict[Viewer, float] = {}
+        self.now = asyncio.get_running_loop().time
+
+    def spawn(self, coro) -> None:
+        """Run ``coro`` as a task the hub keeps referenced; its failure is logged (the timer retries)."""
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.warning("fan-out: %s", exc)
+
+    async def subscribe(self, conversation_id: str) -> None:
+        if self.live is None:
+            self.live = self.log.live(self.dispatch, self.resume)
+        await self.live.subscribe(conversation_id)
+
+    async def unsubscribe(self, conversation_id: str) -> None:
+        if self.live is not None:
+            await self.live.unsubscribe(conversation_id)
+
+    def dispatch(self, conversation_id: str, event: Event) -> None:
+        """An event from the live path: to its conversation's feed, if this process has one."""
+        feed = self.feeds.get(conversation_id)
+        if feed is not None:
+            feed.on_event(event)
+
+    def resume(self) -> None:
+        """The subscription (re)connected: events may have been missed, so every feed checks its tail."""
+        for feed in list(self.feeds.values()):
+            if feed.ready:
+                self.spawn(feed.check_tail())
 
     async def join(self, conversation_id: str, *, user_id=None) -> Viewer:
         """A new viewer of the conversation; events logged from now on reach its queue.
@@ -216,8 +297,12 @@ class Hub:
             feed = self.feeds.get(conversation_id)
             if feed is None:
                 feed = Feed(self, conversation_id)
-                await feed.start()
                 self.feeds[conversation_id] = feed
+                try:
+                    await feed.start()
+                except BaseException:
+                    del self.feeds[conversation_id]
+                    raise
             if feed.linger is not None:
                 feed.linger.cancel()
                 feed.linger = None
@@ -229,22 +314,21 @@ class Hub:
             except BaseException:
                 self.leave(viewer)
                 raise
-        # Django never runs an un-started response generator's cleanup when the
-        # client disconnects early, so such a viewer is removed here instead.
-        asyncio.get_running_loop().call_later(VIEWER_START_DEADLINE_SECONDS, self._drop_if_unstarted, viewer)
+        # Django never runs an un-started response's cleanup when the client
+        # disconnects early, so such a viewer is removed by the timer instead.
+        self.unstarted[viewer] = self.now() + VIEWER_START_DEADLINE_SECONDS
+        if self.timer is None or self.timer.done():
+            self.timer = asyncio.create_task(self._tick(), name="fan-out timer")
         return viewer
-
-    def _drop_if_unstarted(self, viewer: Viewer) -> None:
-        if not viewer.started and viewer in viewer.feed.viewers:
-            self.leave(viewer)
 
     def leave(self, viewer: Viewer) -> None:
         feed = viewer.feed
         feed.viewers.discard(viewer)
+        self.unstarted.pop(viewer, None)
         self.users.discard(viewer)
         if not feed.viewers and feed.linger is None:
             feed.linger = asyncio.get_running_loop().call_later(
-                FEED_LINGER_SECONDS, lambda: asyncio.ensure_future(self._close_if_idle(feed))
+                FEED_LINGER_SECONDS, lambda: self.spawn(self._close_if_idle(feed))
             )
 
     async def _close_if_idle(self, feed: Feed) -> None:
@@ -254,7 +338,40 @@ class Hub:
             if feed.viewers or self.feeds.get(feed.conversation_id) is not feed:
                 return
             del self.feeds[feed.conversation_id]
+            self.locks.pop(feed.conversation_id, None)
             await feed.stop()
+
+    async def _tick(self) -> None:
+        period = min(self.busy_check_seconds, self.heartbeat_seconds)
+        next_beat = self.now() + self.heartbeat_seconds
+        while self.feeds or self.unstarted:
+            await asyncio.sleep(period)
+            now = self.now()
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_seconds
+                for feed in list(self.feeds.values()):
+                    for viewer in feed.viewers:
+                        viewer.put_marker(HEARTBEAT)
+            for viewer in [v for v, deadline in self.unstarted.items() if deadline <= now]:
+                if not viewer.started:
+                    self.leave(viewer)
+                self.unstarted.pop(viewer, None)
+            due = [
+                feed
+                for feed in self.feeds.values()
+                if feed.ready
+                and not feed.filling
+                and (
+                    (feed.generating and now - feed.heard_at >= self.busy_check_seconds)
+                    or now - feed.checked_at >= self.idle_check_seconds
+                )
+            ]
+            if due:
+                results = await asyncio.gather(*(feed.check_tail() for feed in due), return_exceptions=True)
+                failed = [r for r in results if isinstance(r, Exception)]
+                if failed:
+                    # Redis may be restarting: the next tick tries again, and the subscription's resume follows.
+                    logger.warning("fan-out: %d tail checks failed (%s); retrying", len(failed), failed[0])
 
 
 class _UserWatch:
@@ -324,8 +441,7 @@ class _UserWatch:
                 continue
             check = AccessCheck(message.get("session") or None)
             for viewer in list(self.viewers.get(str(message.get("user")), ())):
-                # Past the queue limit too: this marker must arrive.
-                viewer.queue.put_nowait(check)
+                viewer.put_marker(check)
 
 
 async def announce_access_change(user_id, *, ended_session: str | None = None) -> None:
@@ -345,23 +461,38 @@ def get_hub() -> Hub:
     loop = asyncio.get_running_loop()
     hub = _hubs.get(loop)
     if hub is None:
-        hub = _hubs[loop] = Hub(idle_check_seconds=settings.CHAT_HEARTBEAT_SECONDS)
+        heartbeat = settings.CHAT_HEARTBEAT_SECONDS
+        hub = _hubs[loop] = Hub(idle_check_seconds=heartbeat, heartbeat_seconds=heartbeat)
     return hub
 
 
-async def publish(conversation_id, event_type: str, data: str, change=None) -> tuple[Event, bool]:
-    """Log an event and send it to every process's feed.
+async def publish(
+    conversation_id,
+    event_type: str,
+    data: str,
+    change=None,
+    *,
+    message_id: str | None = None,
+    final: bool | None = None,
+) -> tuple[Event, bool]:
+    """Log an event (which publishes it to every process) and deliver it to this process's viewers.
 
-    Returns the logged event and whether the log had lost the state of the
-    message that ``change`` names (the caller re-seeds it).
-
-    Order of truth: the log first (it assigns the id), then the group. If the
-    group message is lost, feeds find the hole through ``prev`` or the tail.
+    ``message_id``: the message the event is about (default: the one
+    ``change`` names); ``final``: it ends that message's stream (default: a
+    final event type). Returns the logged event and whether the log had lost
+    the state of the message that ``change`` names (the caller re-seeds it).
+    One round trip to the store; a lost publication is found by the feeds
+    through ``prev`` or the tail.
     """
-    log = get_event_log()
-    event, lost = await log.append(str(conversation_id), event_type, data, change)
-    await get_channel_layer().group_send(
-        conversation_group(conversation_id),
-        {"type": "chat.event", "id": event.id, "t": event.type, "d": event.data, "p": event.prev},
+    if message_id is None and change is not None:
+        message_id = change.message_id
+    if final is None:
+        final = message_id is not None and event_type in _FINAL_TYPES
+    conversation_id = str(conversation_id)
+    event, lost = await get_event_log().append(
+        conversation_id, event_type, data, change, message_id=message_id, final=final
     )
+    hub = _hubs.get(asyncio.get_running_loop())
+    if hub is not None:
+        hub.dispatch(conversation_id, event)
     return event, lost

@@ -392,7 +392,9 @@ async def generation_start(*, conversation, user_message, assistant_message, his
     generation.task = asyncio.create_task(generation.run(), name=f"generation {generation.message_id}")
     try:
         if user_message is not None:
-            await publish(conversation.id, MESSAGE_CREATED, dumps(message_to_dict(user_message)))
+            await publish(
+                conversation.id, MESSAGE_CREATED, dumps(message_to_dict(user_message)), message_id=str(user_message.id)
+            )
         await publish(
             conversation.id,
             MESSAGE_CREATED,

@@ -1,18 +1,24 @@
-"""A client's connection as the app may see it under ``manage.py serve``: bytes still waiting to go out.
+"""An event stream on the wire: its response sent straight to ASGI, and the client's connection under daphne.
+
+An ``EventStreamResponse`` leaves Django's per-chunk streaming machinery:
+the project's handler (config/asgi.py) hands it to ``send_event_stream``,
+one ASGI ``send`` per batch of events.
 
 daphne applies no backpressure: its ASGI ``send`` hands the bytes to Twisted
 and returns at once, so what an event stream writes for a client that does
 not read piles up in this process. ``serve`` puts a ``ClientConnection`` in
 every HTTP scope as ``scope["extensions"]["chat.transport"]``, and
-``within_budget`` cuts off a stream whose client is too far behind. Under
-another ASGI server, or Django's test client, the extension is absent and
-nothing changes.
+``send_event_stream`` cuts off a stream whose client is too far behind.
+Under another ASGI server, or Django's test client, the extension is absent
+and nothing is cut off.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import aclosing
+
+from django.http import StreamingHttpResponse
 
 logger = logging.getLogger(__name__)
 
@@ -60,28 +66,42 @@ def add_to_scope(scope: dict, protocol) -> None:
         scope.setdefault("extensions", {})[EXTENSION] = ClientConnection(transport, socket)
 
 
-def within_budget(stream, scope: dict, *, budget: int, label: str):
-    """``stream``, cut off once its client falls ``budget`` bytes behind.
+class EventStreamResponse(StreamingHttpResponse):
+    """An event stream's response: its chunks go straight to ASGI ``send`` (``send_event_stream``).
 
-    Before each chunk, if more than ``budget`` bytes written earlier still wait
-    in this process, aborts the connection, logs one line (``label`` names the
-    stream) and closes ``stream`` so its ``finally`` runs; the client
-    reconnects and resumes with ``Last-Event-ID``. Without the
-    ``chat.transport`` extension in ``scope``, or with ``budget`` 0, returns
-    ``stream`` itself.
+    ``stream`` yields one chunk per batch of events. The project's ASGI handler
+    (config/asgi.py) sends it with ``send_event_stream``; any other handler
+    (Django's test client) iterates it as a plain streaming response.
+    ``budget``: bytes a client may leave unread before it is cut off (0: no
+    limit); ``label`` names the stream in that log line.
     """
-    connection = scope.get("extensions", {}).get(EXTENSION)
-    if connection is None or budget <= 0:
-        return stream
-    return _cut_off_when_behind(stream, connection, budget, label)
+
+    def __init__(self, stream, *, scope: dict, budget: int, label: str):
+        super().__init__(stream, content_type="text/event-stream; charset=utf-8")
+        self.stream = stream
+        self.connection: ClientConnection | None = scope.get("extensions", {}).get(EXTENSION)
+        self.budget = budget
+        self.label = label
 
 
-async def _cut_off_when_behind(stream, connection: ClientConnection, budget: int, label: str):
-    async with aclosing(stream):
+async def send_event_stream(response: EventStreamResponse, start: dict, send) -> None:
+    """Send ``start`` (``http.response.start``), then each chunk of ``response.stream`` as one body message.
+
+    Before each chunk, if more than the response's budget written earlier
+    still waits in this process (the ``chat.transport`` extension tells),
+    aborts the connection, logs one line and closes the stream, so its
+    ``finally`` runs; the client reconnects and resumes with ``Last-Event-ID``.
+    A client disconnect cancels the caller (Django's handler), which closes
+    the stream the same way.
+    """
+    await send(start)
+    connection = response.connection if response.budget > 0 else None
+    budget = response.budget
+    async with aclosing(response.stream) as stream:
         async for chunk in stream:
-            pending = connection.pending_bytes()
-            if pending > budget:
-                logger.warning("viewer cut off: %d bytes pending (budget %d), %s", pending, budget, label)
+            if connection is not None and (pending := connection.pending_bytes()) > budget:
+                logger.warning("viewer cut off: %d bytes pending (budget %d), %s", pending, budget, response.label)
                 connection.abort()
                 return
-            yield chunk
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body"})

@@ -14,6 +14,8 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
 django.setup(set_prefix=False)
 
+from chat.transport import EventStreamResponse, send_event_stream  # noqa: E402  (needs Django set up)
+
 
 class ChatASGIHandler(ASGIHandler):
     """Django's handler, but event streams run outside a per-request thread context.
@@ -31,6 +33,24 @@ class ChatASGIHandler(ASGIHandler):
             await self.handle(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+    async def send_response(self, response, send):
+        """Event streams go straight to ASGI ``send``, one message per batch (chat.transport); the rest as Django does.
+
+        A client disconnect still cancels this (Django's ``handle``), which
+        ends the stream and leaves its feed.
+        """
+        if isinstance(response, EventStreamResponse):
+            await send_event_stream(response, _response_start(response), send)
+        else:
+            await super().send_response(response, send)
+
+
+def _response_start(response) -> dict:
+    """The ``http.response.start`` message Django would send for ``response`` (headers, cookies)."""
+    headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]
+    headers += [(b"Set-Cookie", c.output(header="").encode("ascii").strip()) for c in response.cookies.values()]
+    return {"type": "http.response.start", "status": response.status_code, "headers": headers}
 
 
 django_application = ChatASGIHandler()

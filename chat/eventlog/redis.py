@@ -1,0 +1,224 @@
+"""The log in Redis, shared by every process: one Stream per conversation, one pub/sub channel for its live events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
+
+from ..events import Event
+from .base import KEY_TTL_MS, ZERO, EventLog, LiveEvents, StreamingState
+
+logger = logging.getLogger(__name__)
+
+_HERE = Path(__file__).parent
+_APPEND = (_HERE / "append.lua").read_text()
+_CUT = (_HERE / "cut.lua").read_text()
+_STREAM_OPEN = (_HERE / "stream_open.lua").read_text()
+
+
+class RedisEventLog(EventLog):
+    """The log in Redis: appending is one script call that also publishes the event."""
+
+    prefix = "chat:"
+
+    def __init__(self, url: str):
+        self.url = url
+        self._clients: dict[asyncio.AbstractEventLoop, Redis] = {}
+
+    @property
+    def redis(self) -> Redis:
+        # A client per event loop: redis.asyncio connections are bound to their loop.
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            # A blocking pool waits for a free connection instead of failing with
+            # "Too many connections" under a burst.
+            pool = BlockingConnectionPool.from_url(
+                self.url, decode_responses=True, max_connections=100, timeout=10, health_check_interval=30
+            )
+            client = Redis(connection_pool=pool)
+            client._append = client.register_script(_APPEND)
+            client._cut = client.register_script(_CUT)
+            client._stream_open = client.register_script(_STREAM_OPEN)
+            # Names this loop's own publications, which its subscription skips (see append).
+            client._origin = uuid.uuid4().hex[:16]
+            self._clients[loop] = client
+        return client
+
+    def _conv_keys(self, conversation_id):
+        base = f"{self.prefix}conv:{conversation_id}"
+        return f"{base}:log", f"{base}:tail", f"{base}:streaming"
+
+    def _live_channel(self, conversation_id) -> str:
+        return f"{self.prefix}conv:{conversation_id}:live"
+
+    def _msg_keys(self, message_id):
+        base = f"{self.prefix}msg:{message_id}"
+        return f"{base}:state", f"{base}:content", f"{base}:reasoning"
+
+    async def append(self, conversation_id, event_type, data, change=None, *, message_id=None, final=False):
+        keys = [*self._conv_keys(conversation_id), *self._msg_keys(change.message_id if change else "none")]
+        args = [event_type, data, settings.CHAT_EVENT_RETENTION_SECONDS * 1000, KEY_TTL_MS]
+        if change is None:
+            args += ["", "", 0, "", "", ""]
+        else:
+            args += [change.op, change.message_id, change.seq, change.content, change.reasoning, change.message]
+        client = self.redis
+        args += [message_id or "", "1" if final else "", self._live_channel(conversation_id), client._origin]
+        event_id, prev, lost = await client._append(keys=keys, args=args, client=client)
+        return Event(event_id, event_type, data, prev, message_id, final), bool(lost)
+
+    def live(self, deliver, resume):
+        return _RedisLive(self, self.redis, deliver, resume)
+
+    async def tail(self, conversation_id):
+        return await self.redis.get(self._conv_keys(conversation_id)[1]) or ZERO
+
+    async def seed(self, conversation_id, change):
+        state, content, reasoning = self._msg_keys(change.message_id)
+        streaming = self._conv_keys(conversation_id)[2]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(state, mapping={"message": change.message, "seq": change.seq})
+            pipe.pexpire(state, KEY_TTL_MS)
+            pipe.set(content, change.content, px=KEY_TTL_MS)
+            pipe.set(reasoning, change.reasoning, px=KEY_TTL_MS)
+            pipe.sadd(streaming, change.message_id)
+            pipe.pexpire(streaming, KEY_TTL_MS)
+            await pipe.execute()
+
+    async def cut(self, conversation_id):
+        _, tail_key, streaming_key = self._conv_keys(conversation_id)
+        client = self.redis
+        out = await client._cut(keys=[tail_key, streaming_key], args=[f"{self.prefix}msg:"], client=client)
+        states = [
+            StreamingState(out[i], out[i + 1], int(out[i + 2]), out[i + 3], out[i + 4]) for i in range(1, len(out), 5)
+        ]
+        return out[0], states
+
+    async def _range_after(self, conversation_id, after_id, count):
+        rows = await self.redis.xrange(self._conv_keys(conversation_id)[0], min=f"({after_id}", count=count)
+        return [
+            Event(entry_id, f["t"], f["d"], f.get("p", ZERO), f.get("m"), f.get("f") == "1") for entry_id, f in rows
+        ]
+
+    async def request_stop(self, message_id):
+        await self.redis.set(f"{self.prefix}msg:{message_id}:stop", "1", px=KEY_TTL_MS)
+
+    async def stop_requested(self, message_id):
+        return bool(await self.redis.exists(f"{self.prefix}msg:{message_id}:stop"))
+
+    async def renew_lease(self, message_id, seconds):
+        await self.redis.set(f"{self.prefix}msg:{message_id}:lease", str(os.getpid()), px=int(seconds * 1000))
+
+    async def release_lease(self, message_id):
+        await self.redis.delete(f"{self.prefix}msg:{message_id}:lease", f"{self.prefix}msg:{message_id}:stop")
+
+    async def has_lease(self, message_id):
+        return bool(await self.redis.exists(f"{self.prefix}msg:{message_id}:lease"))
+
+    async def ping(self):
+        await self.redis.ping()
+
+    async def try_lock(self, name, seconds):
+        # SET NX PX: one atomic step, so of any number of processes exactly one gets it.
+        key = f"{self.prefix}lock:{name}"
+        return bool(await self.redis.set(key, str(os.getpid()), nx=True, px=max(1, int(seconds * 1000))))
+
+    def _streams_key(self, user_id):
+        return f"{self.prefix}user:{user_id}:streams"
+
+    async def stream_open(self, user_id, token, *, limit, ttl):
+        client = self.redis
+        keys = [self._streams_key(user_id)]
+        return bool(await client._stream_open(keys=keys, args=[token, limit, int(ttl * 1000)], client=client))
+
+    async def stream_refresh(self, user_id, token, *, ttl):
+        client = self.redis
+        key = self._streams_key(user_id)
+        now_ms = int(time.time() * 1000)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {token: now_ms + int(ttl * 1000)}, xx=True)
+            pipe.pexpire(key, int(ttl * 1000))
+            await pipe.execute()
+
+    async def stream_close(self, user_id, token):
+        await self.redis.zrem(self._streams_key(user_id), token)
+
+
+class _PubSub(PubSub):
+    """redis-py's PubSub (which re-subscribes on every reconnection), telling us when it (re)connected."""
+
+    on_connected = None
+
+    async def on_connect(self, connection):
+        await super().on_connect(connection)
+        if self.on_connected is not None:
+            self.on_connected()
+
+
+class _RedisLive(LiveEvents):
+    """One event loop's pub/sub connection: one subscription per conversation with local viewers, one reader task."""
+
+    def __init__(self, log: RedisEventLog, client: Redis, deliver, resume):
+        self.log = log
+        self.deliver = deliver
+        # Its own connection without health checks: a check's PING would read the
+        # socket while the reader task is reading it.
+        pool = BlockingConnectionPool.from_url(log.url, decode_responses=True, max_connections=1, socket_keepalive=True)
+        self.pubsub = _PubSub(pool, ignore_subscribe_messages=True)
+        # Messages may have been published while the connection was down: the caller checks the tails.
+        self.pubsub.on_connected = resume
+        self.origin = client._origin
+        self.channel_prefix = log._live_channel("")[: -len(":live")]
+        self.task: asyncio.Task | None = None
+
+    async def subscribe(self, conversation_id):
+        await self.pubsub.subscribe(self.log._live_channel(conversation_id))
+        if self.task is None:
+            self.task = asyncio.create_task(self._run(), name="event log subscription")
+
+    async def unsubscribe(self, conversation_id):
+        await self.pubsub.unsubscribe(self.log._live_channel(conversation_id))
+
+    async def close(self):
+        if self.task is not None:
+            self.task.cancel()
+        await self.pubsub.aclose()
+        await self.pubsub.connection_pool.aclose()
+
+    async def _run(self) -> None:
+        own = self.origin + "\n"
+        start = len(self.channel_prefix)
+        while True:
+            try:
+                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Redis restarting: redis-py reconnects and re-subscribes on the next read.
+                logger.warning("event log subscription: read failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if message is None or message["type"] != "message":
+                continue
+            payload = message["data"]
+            if payload.startswith(own):
+                continue  # appended on this loop, which delivered it already
+            try:
+                _, event_id, prev, event_type, message_id, final, data = payload.split("\n", 6)
+            except ValueError:
+                logger.warning("event log subscription: malformed message on %s", message["channel"])
+                continue
+            conversation_id = message["channel"][start : -len(":live")]
+            try:
+                self.deliver(conversation_id, Event(event_id, event_type, data, prev, message_id or None, final == "1"))
+            except Exception:
+                logger.exception("event log subscription: delivery to %s failed", conversation_id)
