@@ -2,7 +2,7 @@
 
 Scenarios: fanout ttft capacity writes memory slowreader search uvicorn (default: all).
 
-``--profile``: py-spy samples daphne a in the target steps of fan-out and capacity (notes in the document).
+``--profile``: py-spy samples daphne a in the 500-viewer fan-out and the one-process capacity steps (see notes).
 ``--doc-only``: rewrite docs/benchmarks.md and its charts from the saved results, running nothing.
 ``--postgres``: the deployment on PostgreSQL (``search`` measures SQLite and PostgreSQL whatever it says).
 """
@@ -42,7 +42,7 @@ def parse_args(argv):
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy samples daphne a during the 500-viewer fan-out and the 100-generation capacity step",
+        help="py-spy samples daphne a during the 500-viewer fan-out and the capacity steps on one process",
     )
     parser.add_argument(
         "--doc-only",

@@ -7,9 +7,11 @@ the POSTs are spread over 1 s. First on process a alone (1, 10, 25, 50, 100,
 file runs (2, 20, 50, 100, 200, 300, 400 in all). A step holds when the p99
 fan-out latency of the steady part (deltas written while every generation
 was under way) is at most 100 ms and nothing was lost or refused; each
-series stops at its first step that fails. The baseline streams N requests
-straight from the fake provider, ramped alike. CPU per delta is the
-generating processes' CPU per delta read by the viewers.
+series stops at its first step that fails (a step that failed while other
+work on the machine took more than 0.3 cores is tried once more after a
+quiet wait, and says so). The baseline streams N requests straight from the
+fake provider, ramped alike. CPU per delta is the generating processes' CPU
+per delta read by the viewers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 
 from . import plots
-from .deployment import Deployment, model
+from .deployment import Deployment, model, wait_for_quiet
 from .profile import describe
 from .runs import app_run, busy_machine, cost_per_event, provider_run, steady_window
 from .stats import fmt, latency_summary, problems
@@ -28,6 +30,8 @@ TARGET_TWO_PROCESSES = 200
 TARGET_CPU_US = 150.0
 INTERVAL_MS = 20  # 50 chunks/s
 RAMP_SECONDS = 1.0
+BUSY_CORES = 0.3  # other work on the machine past which a failed step is tried once more
+RETRY_QUIET_SECONDS = 30.0
 
 
 def settings(quick: bool) -> dict:
@@ -127,12 +131,22 @@ async def run(dep: Deployment, quick: bool) -> dict:
         steps, held = [], 0
         for count in cfg[name]:
             mine = conversations[:count]
-            # The per-process target's step is the one profiled (--profile).
-            profiled = cfg["one"][-1] if quick else TARGET_PER_PROCESS
-            profile = "daphne a" if name == "one" and count == profiled else None
-            step = await measure(dep, mine, [spec["place"](i) for i in range(count)], spec["servers"], quick, profile)
-            steps.append(step)
+            # With --profile every step on one process is sampled; the notes keep the last one's and the target's.
+            profile = "daphne a" if name == "one" else None
+            place = [spec["place"](i) for i in range(count)]
+            step = await measure(dep, mine, place, spec["servers"], quick, profile)
             _print(step)
+            if not step["held"] and step["background_cores"]["app"] > BUSY_CORES:
+                # On a shared machine a step can fail for someone else's work: one more try after a quiet wait.
+                await wait_for_quiet(max_wait=RETRY_QUIET_SECONDS)
+                first = step
+                step = await measure(dep, mine, place, spec["servers"], quick, profile)
+                step["first_try"] = {
+                    "steady_p99_ms": first["app_steady"]["p99_ms"],
+                    "background_cores": first["background_cores"]["app"],
+                }
+                _print(step)
+            steps.append(step)
             if not step["held"]:
                 break
             held = count
@@ -190,7 +204,11 @@ async def run(dep: Deployment, quick: bool) -> dict:
         "rows": rows,
         "details": results["one"]["steps"],
         "two_processes": results["two"]["steps"],
-        "notes": [note(s) for s in results["one"]["steps"] + results["two"]["steps"]],
+        "notes": [
+            note(s, profiled=s is results["one"]["steps"][-1] or s["generations"] == TARGET_PER_PROCESS)
+            for s in results["one"]["steps"]
+        ]
+        + [note(s) for s in results["two"]["steps"]],
         "held": results["one"]["held"],
         "held_two_processes": results["two"]["held"],
         "config": {"chunks": cfg["chunks"], "chunks_per_second": 1000 / INTERVAL_MS, "ramp_seconds": RAMP_SECONDS},
@@ -281,7 +299,8 @@ def _generations(count: int) -> str:
     return f"{count} generation{'s' if count != 1 else ''}"
 
 
-def note(s: dict) -> str:
+def note(s: dict, profiled: bool = False) -> str:
+    """One step in a sentence; with ``profiled``, its profile too (when it was sampled)."""
     return (
         f"{_generations(s['generations'])} on {'+'.join(s['servers'])}:"
         f" steady p50 {fmt(s['app_steady']['p50_ms'])} / p99"
@@ -292,5 +311,11 @@ def note(s: dict) -> str:
         f" Other work on the machine: {s['background_cores']['app']:.2f} cores."
         f"{' Problems: ' + '; '.join(s['problems']) if s['problems'] else ''}"
         f"{' POST failures: ' + '; '.join(s['post_failures']) if s['post_failures'] else ''}"
-        + (f" {describe(s['profile'])}" if s.get("profile") else "")
+        + (
+            f" A first try failed (steady p99 {fmt(s['first_try']['steady_p99_ms'])} ms) while other work used"
+            f" {s['first_try']['background_cores']:.2f} cores; this is the second."
+            if s.get("first_try")
+            else ""
+        )
+        + (f" {describe(s['profile'])}" if profiled and s.get("profile") else "")
     )
