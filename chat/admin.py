@@ -8,6 +8,7 @@ product's visibility rule does not apply to them.
 import json
 from decimal import Decimal
 
+from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
@@ -20,7 +21,8 @@ from django.utils.text import Truncator, smart_split, unescape_string_literal
 
 from . import admin_reports, admin_retention, selectors, services
 from .audit import audit_record
-from .models import ApiToken, AuditEntry, Conversation, Message, ModelPrice, UsageEntry, UsageLimit
+from .models import ApiToken, AuditEntry, Conversation, Message, ModelAccess, ModelPrice, UsageEntry, UsageLimit
+from .providers.catalog import configured
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -332,6 +334,7 @@ class UsageEntryAdmin(ReadOnlyAdmin):
     list_display = [
         "created_at",
         "requested_by_name",
+        "provider",
         "model",
         "status",
         "prompt_tokens",
@@ -341,12 +344,64 @@ class UsageEntryAdmin(ReadOnlyAdmin):
         "cost",
         "currency",
     ]
-    list_filter = ["model", "estimated", "status", "created_at"]
+    list_filter = ["provider", "model", "estimated", "status", "created_at"]
     date_hierarchy = "created_at"
     search_fields = ["requested_by_name", "requested_by__username"]
     search_help_text = "The name of the user who asked (kept when the account is gone)."
     show_full_result_count = False
     ordering = ["-created_at"]
+
+
+class ModelAccessForm(forms.ModelForm):
+    """The model is picked from the configured ones (a row for an id no longer configured keeps its value)."""
+
+    class Meta:
+        model = ModelAccess
+        fields = ["model", "groups"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        choices = [(m.id, f"{m.name} ({m.id})" if m.name != m.id else m.id) for m in configured().models.values()]
+        current = self.instance.model if self.instance.pk else None
+        if current and current not in {value for value, _ in choices}:
+            choices.append((current, f"{current} (no longer configured)"))
+        self.fields["model"] = forms.ChoiceField(choices=choices, help_text=self.fields["model"].help_text)
+
+
+@admin.register(ModelAccess)
+class ModelAccessAdmin(admin.ModelAdmin):
+    """Who may use which model: a model with a row is for its groups' members (and superusers) only."""
+
+    form = ModelAccessForm
+    list_display = ["model", "provider", "allowed_groups"]
+    search_fields = ["model"]
+    filter_horizontal = ["groups"]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": ["model", "groups"],
+                "description": (
+                    "A model without a row here is open to everyone. Adding a row restricts the model to the "
+                    "members of the groups chosen (superusers may use every model); with no group, nobody else "
+                    "may use it. A model a person may not use is not offered to them, and posting with it "
+                    "answers 403 model_not_allowed. Groups are edited under Authentication and Authorization."
+                ),
+            },
+        )
+    ]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("groups")
+
+    @admin.display(description="provider")
+    def provider(self, obj):
+        provider = configured().provider_of(obj.model)
+        return provider.name if provider else "(not configured)"
+
+    @admin.display(description="groups allowed")
+    def allowed_groups(self, obj):
+        return ", ".join(group.name for group in obj.groups.all()) or "nobody (superusers only)"
 
 
 class UsageLimitInline(admin.StackedInline):

@@ -43,6 +43,7 @@ CSV_MESSAGE_COLUMNS = [
 ]
 CSV_USAGE_COLUMNS = [
     "user",
+    "provider",
     "model",
     "replies",
     "prompt_tokens",
@@ -131,7 +132,7 @@ def _ledger(*, start=None, end=None):
 
 
 def usage_by_user(*, start=None, end=None, period: str = "") -> list[dict]:
-    """The usage ledger per (user, model, currency) for replies that ended from ``start`` to ``end`` (1 query).
+    """The usage ledger per (user, provider, model, currency) for replies ended from ``start`` to ``end`` (1 query).
 
     Each row: replies, prompt / completion / total tokens, ``estimated_tokens``
     (the total tokens of rows marked estimated), ``cost`` (None when no reply
@@ -141,8 +142,8 @@ def usage_by_user(*, start=None, end=None, period: str = "") -> list[dict]:
     "week" or "month") the rows are also split by that period.
     """
     queryset = _ledger(start=start, end=end)
-    group = ["user", "model", "currency"]
-    order = ["user", "model", "currency"]
+    group = ["user", "provider", "model", "currency"]
+    order = ["user", "provider", "model", "currency"]
     if period:
         queryset = queryset.annotate(period=USAGE_PERIODS[period]("created_at"))
         group.insert(0, "period")

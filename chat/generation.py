@@ -172,7 +172,7 @@ class Generation:
         await self.announced.wait()
         data = {"message_id": self.message_id, "attempt": attempt, "delay": delay}
         try:
-            await publish(self.conversation_id, MESSAGE_RETRYING, dumps(data))
+            await publish(self.conversation_id, MESSAGE_RETRYING, dumps(data), message_id=self.message_id)
         except Exception as exc:
             logger.warning("generation %s: retry notice not published (%s)", self.message_id, exc)
 

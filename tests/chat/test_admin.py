@@ -337,9 +337,10 @@ def test_usage_summary_as_csv(superuser_client, team):
     assert response.status_code == 200
     assert response["Content-Disposition"] == 'attachment; filename="usage-2025-03-10-2025-03-10.csv"'
     assert list(csv.reader(io.StringIO(response.content.decode()))) == [
-        [*"user model replies prompt_tokens completion_tokens total_tokens estimated_tokens cost currency".split()],
-        ["max", "gpt-x", "1", "20", "7", "27", "0", "", ""],
-        ["olivia", "gpt-x", "2", "10", "5", "15", "0", "", ""],
+        ["user", "provider", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"]
+        + ["estimated_tokens", "cost", "currency"],
+        ["max", "", "gpt-x", "1", "20", "7", "27", "0", "", ""],
+        ["olivia", "", "gpt-x", "2", "10", "5", "15", "0", "", ""],
     ]
 
 
@@ -489,9 +490,10 @@ def test_usage_per_period_attributes_replies_to_who_asked(client, django_user_mo
     assert response.status_code == 200
     rows = [line.split(",") for line in response.content.decode().strip().splitlines()]
     assert rows[0][:2] == ["period", "user"]
-    by_day = {row[0]: (row[1], int(row[3]), int(row[6])) for row in rows[1:]}
-    assert by_day[today.date().isoformat()] == ("asker", 2, 15)
-    assert by_day[(today - timedelta(days=1)).date().isoformat()] == ("asker", 1, 7)
+    assert rows[0][:4] == ["period", "user", "provider", "model"]
+    by_day = {row[0]: (row[1], row[2], int(row[4]), int(row[7])) for row in rows[1:]}
+    assert by_day[today.date().isoformat()] == ("asker", "demo", 2, 15)
+    assert by_day[(today - timedelta(days=1)).date().isoformat()] == ("asker", "demo", 1, 7)
     month = client.get(f"/admin/chat/message/usage/?start={start}&period=month")
     assert month.status_code == 200 and "Month starting" in month.content.decode()
     assert client.get("/admin/chat/message/usage/?period=year").status_code == 400

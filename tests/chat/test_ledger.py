@@ -343,6 +343,7 @@ def test_usage_report_prints_the_ledger_per_user_and_model(conversation, owner, 
     assert lines == [
         {
             "user": "max",
+            "provider": None,
             "model": "other",
             "replies": 1,
             "prompt_tokens": 7,
@@ -354,6 +355,7 @@ def test_usage_report_prints_the_ledger_per_user_and_model(conversation, owner, 
         },
         {
             "user": "olivia",
+            "provider": "demo",
             "model": "demo",
             "replies": 2,
             "prompt_tokens": 110,
@@ -371,6 +373,7 @@ def test_usage_report_prints_the_ledger_per_user_and_model(conversation, owner, 
     text = run_report().splitlines()
     assert text[0].split() == [
         "user",
+        "provider",
         "model",
         "replies",
         "prompt",
@@ -380,8 +383,8 @@ def test_usage_report_prints_the_ledger_per_user_and_model(conversation, owner, 
         "cost",
         "currency",
     ]
-    assert text[1].split() == ["max", "other", "1", "7", "3", "10", "0", "-"]
-    assert text[2].split() == ["olivia", "demo", "2", "110", "55", "165", "15", "0.00022000", "USD"]
+    assert text[1].split() == ["max", "-", "other", "1", "7", "3", "10", "0", "-"]
+    assert text[2].split() == ["olivia", "demo", "demo", "2", "110", "55", "165", "15", "0.00022000", "USD"]
     assert run_report("--since", "2030-01-01").strip().endswith("No replies in this range.")
 
 

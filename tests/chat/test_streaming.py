@@ -49,7 +49,13 @@ def servers(redis_server, fake_provider, tmp_path_factory):
         redis_url=redis_server.url,
         llm_base_url=fake_provider.base_url,
         llm_models=",".join(MODELS),
-        extra_env={"LLM_READ_TIMEOUT": "1.5", "CHAT_HEARTBEAT_SECONDS": "2", "LLM_API_KEY": API_KEY},
+        # No retries: a 429 here must fail at once (tests/chat/test_providers_multi.py covers retrying).
+        extra_env={
+            "LLM_READ_TIMEOUT": "1.5",
+            "CHAT_HEARTBEAT_SECONDS": "2",
+            "LLM_API_KEY": API_KEY,
+            "LLM_RETRY_SECONDS": "0",
+        },
     ).setup()
     a, b = stack.start_server(), stack.start_server()
     yield stack, a, b

@@ -1,4 +1,4 @@
-"""``manage.py usage_report [--since DATE] [--until DATE] [--json]``: the usage ledger per user and model.
+"""``manage.py usage_report [--since DATE] [--until DATE] [--json]``: the usage ledger per user, provider and model.
 
 Contract v2. Reads the ledger, so replies of deleted conversations and
 deleted accounts still count (the latter by their kept name).
@@ -14,6 +14,7 @@ from chat.admin_reports import usage_by_user
 
 COLUMNS = [
     ("user", "user"),
+    ("provider", "provider"),
     ("model", "model"),
     ("replies", "replies"),
     ("prompt_tokens", "prompt"),
@@ -36,8 +37,8 @@ def _date(value: str) -> date:
 
 class Command(BaseCommand):
     help = (
-        "Print the usage ledger per user and model: replies, prompt/completion/total tokens, estimated tokens, "
-        "cost. Dates are days in TIME_ZONE, both included."
+        "Print the usage ledger per user, provider and model: replies, prompt/completion/total tokens, "
+        "estimated tokens, cost. Dates are days in TIME_ZONE, both included."
     )
 
     def add_arguments(self, parser):
