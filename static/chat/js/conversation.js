@@ -254,6 +254,10 @@ export class OpenConversation {
       this.applyDelta(data);
       return;
     }
+    if (type === EVENTS.MESSAGE_RETRYING) {
+      this.applyRetrying(data);
+      return;
+    }
     const message = type === EVENTS.MESSAGE_SNAPSHOT ? data.message : data;
     if (!message || message.conversation !== this.id) return;
     if (type === EVENTS.MESSAGE_SNAPSHOT) this.applySnapshot(message, data.seq);
@@ -298,10 +302,19 @@ export class OpenConversation {
       this.restartFromSnapshots();
       return;
     }
+    state.retrying = null;
     state.message.content += delta.content || "";
     if (delta.reasoning) state.message.reasoning = (state.message.reasoning || "") + delta.reasoning;
     state.seq = delta.seq;
     this.transcript.update(state);
+  }
+
+  /** The provider is busy: the reply shows when it is tried again, until its first text or its end. */
+  applyRetrying(notice) {
+    const state = this.states.get(notice.message_id);
+    if (!state || state.seq === Infinity) return;
+    state.retrying = { attempt: notice.attempt, delay: notice.delay };
+    this.changed(state);
   }
 
   applyFinal(message) {
@@ -310,6 +323,7 @@ export class OpenConversation {
       this.add(message, Infinity);
       return;
     }
+    state.retrying = null;
     state.message = { ...message };
     state.seq = Infinity;
     this.changed(state);

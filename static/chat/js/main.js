@@ -22,6 +22,34 @@ const CONNECTION_TEXT = {
   "signed-out": "You were signed out. Sign in again to go on.",
 };
 
+/**
+ * The model picker's options: each model by its name, grouped by provider when there are several;
+ * ``current`` (the conversation's model) is kept, marked, when it is not offered to this person.
+ */
+function modelOptions(models, current) {
+  const option = (id, text) => {
+    const element = document.createElement("option");
+    element.value = id;
+    element.textContent = text;
+    return element;
+  };
+  const label = (m) => (m.name && m.name !== m.id ? m.name : m.id);
+  const providers = [...new Set(models.map((m) => m.provider))];
+  let options;
+  if (providers.length > 1) {
+    options = providers.map((provider) => {
+      const group = document.createElement("optgroup");
+      group.label = provider;
+      group.append(...models.filter((m) => m.provider === provider).map((m) => option(m.id, label(m))));
+      return group;
+    });
+  } else {
+    options = models.map((m) => option(m.id, label(m)));
+  }
+  if (current && !models.some((m) => m.id === current)) options.push(option(current, `${current} (not available)`));
+  return options;
+}
+
 class App {
   constructor(initial) {
     this.currentUser = initial.user;
@@ -337,17 +365,7 @@ class App {
     const isOwner = c.owner === this.currentUser;
     // Never overwrite what the owner is typing; a save or a new conversation resets.
     if (force || select.dataset.dirty !== "true") {
-      const ids = this.models.map((m) => m.id);
-      if (c.model && !ids.includes(c.model)) ids.push(c.model);
-      select.replaceChildren(
-        ...ids.map((id) => {
-          const option = document.createElement("option");
-          option.value = id;
-          const available = this.models.some((m) => m.id === id);
-          option.textContent = available ? id : `${id} (no longer available)`;
-          return option;
-        }),
-      );
+      select.replaceChildren(...modelOptions(this.models, c.model));
       select.value = c.model;
       delete select.dataset.dirty;
     }
@@ -358,7 +376,8 @@ class App {
     select.disabled = !isOwner;
     prompt.readOnly = !isOwner;
     $("settings-save").hidden = !isOwner;
-    $("settings-summary").textContent = `· ${c.model}${c.system_prompt ? " · custom system prompt" : ""}`;
+    const model = this.models.find((m) => m.id === c.model)?.name || c.model;
+    $("settings-summary").textContent = `· ${model}${c.system_prompt ? " · custom system prompt" : ""}`;
     if (force) $("settings-status").textContent = isOwner ? "" : "Only the owner can change these.";
   }
 

@@ -413,7 +413,7 @@ export class Transcript {
         menu.replaceChildren(
           element("p", "menu-heading", "Regenerate with"),
           ...this.models().map((model) => {
-            const item = element("button", "menu-item", model.id);
+            const item = element("button", "menu-item", model.name || model.id);
             item.type = "button";
             item.dataset.model = model.id;
             return item;
@@ -450,7 +450,7 @@ export class Transcript {
 
     this.renderContent(view, message);
     this.renderError(view, message);
-    this.renderFooter(view, message);
+    this.renderFooter(view, message, state.retrying);
     this.renderActions(view, message);
   }
 
@@ -517,10 +517,15 @@ export class Transcript {
     }
   }
 
-  renderFooter(view, message) {
-    const label = STATUS_LABELS[message.status] ?? message.status;
+  /** Status, usage and timing under a message; ``retrying`` is the provider-busy notice of a streaming reply. */
+  renderFooter(view, message, retrying = null) {
+    let label = STATUS_LABELS[message.status] ?? message.status;
+    if (message.status === "streaming" && retrying) {
+      label = `The provider is busy; retrying in ${Math.max(1, Math.ceil(retrying.delay))} s`;
+    }
     const stopper = message.stopped_by ? `Stopped by ${message.stopped_by}` : "Stopped by a participant";
     view.status.textContent = message.status === "cancelled" ? stopper : label;
+    view.status.classList.toggle("retrying", message.status === "streaming" && Boolean(retrying));
     view.status.hidden = !view.status.textContent;
     if (message.role === "assistant" && message.usage) {
       const { prompt_tokens: prompt, completion_tokens: completion } = message.usage;
