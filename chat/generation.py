@@ -37,6 +37,10 @@ STORAGE_FAILED_REASON = (
     "The reply could not be stored as it was received; what could be stored is shown. Send the message again to retry."
 )
 
+# The delta window (CHAT_DELTA_WINDOW_SECONDS) applies while this process runs at least this many
+# generations: below that, publishing each chunk costs CPU the process has to spare.
+COALESCE_FROM_GENERATIONS = 8
+
 # This process's running generations, by message id (also keeps their tasks referenced).
 running: dict[str, Generation] = {}
 
@@ -66,8 +70,9 @@ class ReplyLimitReached(Exception):
 class Generation:
     """Streams one assistant message from the provider to the event log, then stores it once."""
 
-    def __init__(self, *, conversation, message, history, accepted_at: float):
+    def __init__(self, *, conversation, message, history, accepted_at: float, user_message=None):
         self.conversation_id = str(conversation.id)
+        self.user_message = user_message
         self.system_prompt = conversation.system_prompt
         self.conversation = conversation
         self.message = message
@@ -86,8 +91,8 @@ class Generation:
         self.stopping = False
         self.pump: asyncio.Task | None = None
         self.task: asyncio.Task | None = None
-        self._checkpoint: asyncio.Task | None = None
         self._publisher: asyncio.Task | None = None
+        self._published_at = 0.0
         self._pending: list[tuple[str, str]] = []
         self._published_chars = 0
         self._published_reasoning_chars = 0
@@ -106,13 +111,24 @@ class Generation:
             if self.pump is not None:
                 self.pump.cancel()
 
+    def start(self) -> asyncio.Task:
+        """Run in a task of this process (``self.task``), registered in ``running`` until it has ended."""
+        running[self.message_id] = self
+        self.task = asyncio.create_task(self.run(), name=f"generation {self.message_id}")
+        return self.task
+
     async def run(self) -> None:
-        """Stream, then persist the final message and emit its final event (once)."""
+        """Open the upstream request, announce both messages, stream, then store the final message and emit its
+        final event (once)."""
         log = get_event_log()
-        helpers = [asyncio.create_task(self._keep_lease()), asyncio.create_task(self._listen_for_stop())]
+        helpers = []
         status, error, shutting_down = "complete", (None, None), False
         self.pump = asyncio.create_task(self._pump())
         try:
+            # The upstream request goes out first; Redis bookkeeping runs alongside it.
+            await asyncio.sleep(0)
+            await self._announce()
+            helpers = [asyncio.create_task(self._keep_lease()), asyncio.create_task(self._listen_for_stop())]
             await self.pump
         except (ProviderError, ReplyLimitReached) as exc:
             status, error = "failed", (exc.code, exc.message)
@@ -139,6 +155,32 @@ class Generation:
                 logger.warning("could not release the lease of %s", self.message_id)
         if shutting_down:
             raise asyncio.CancelledError
+
+    async def _announce(self) -> None:
+        """Log ``message.created`` for the user's message (if any) and the reply (with its streaming state).
+
+        Never raises: both messages are stored and the reply goes on; viewers
+        whose feed missed these events resync from the REST endpoint. Sets
+        ``announced`` either way.
+        """
+        try:
+            if self.user_message is not None:
+                await publish(
+                    self.conversation_id,
+                    MESSAGE_CREATED,
+                    dumps(message_to_dict(self.user_message)),
+                    message_id=str(self.user_message.id),
+                )
+            await publish(
+                self.conversation_id,
+                MESSAGE_CREATED,
+                self._message_json,
+                StateChange("start", self.message_id, message=self._message_json),
+            )
+        except Exception as exc:
+            logger.warning("conversation %s: announcing a new reply failed (%s)", self.conversation_id, exc)
+        finally:
+            self.announced.set()
 
     async def _pump(self) -> None:
         messages = [ChatMessage("system", self.system_prompt)] if self.system_prompt else []
@@ -209,6 +251,14 @@ class Generation:
     async def _publish_pending(self) -> None:
         await self.announced.wait()
         while self._pending:
+            # A process with CPU to spare sends every chunk as it comes; a busy one coalesces.
+            window = settings.CHAT_DELTA_WINDOW_SECONDS if len(running) >= COALESCE_FROM_GENERATIONS else 0.0
+            # Leading edge: a delta after a quiet spell goes at once; the ones that
+            # follow within the window go together at its end, as one delta.
+            wait = self._published_at + window - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._published_at = time.monotonic()
             content = "".join(c for c, _ in self._pending)
             reasoning = "".join(r for _, r in self._pending)
             self._pending.clear()
@@ -234,28 +284,33 @@ class Generation:
             self._maybe_checkpoint()
 
     def _maybe_checkpoint(self) -> None:
+        """Have the process's checkpoint writer store the published part, if this reply's checkpoint is due.
+
+        With Redis holding the partial reply (crash recovery reads it there)
+        one is due every CHAT_CHECKPOINT_REDIS_SECONDS; without Redis, or
+        while publishing to it fails, every CHAT_CHECKPOINT_SECONDS.
+        """
+        redis_holds_it = bool(settings.REDIS_URL) and self._publish_ok
+        every = settings.CHAT_CHECKPOINT_REDIS_SECONDS if redis_holds_it else settings.CHAT_CHECKPOINT_SECONDS
         now = time.monotonic()
-        if now - self._checkpointed_at < settings.CHAT_CHECKPOINT_SECONDS:
-            return
-        if self._checkpoint is not None and not self._checkpoint.done():
-            return
-        self._checkpointed_at = now
-        # The published part only, so the stored content runs exactly through delta ``seq``.
-        self._checkpoint = asyncio.create_task(
-            self._write_checkpoint(
-                content="".join(self.content)[: self._published_chars],
-                reasoning="".join(self.reasoning)[: self._published_reasoning_chars],
-                seq=self.seq,
-            )
+        if now - self._checkpointed_at >= every:
+            self._checkpointed_at = now
+            checkpoints().add(self)
+
+    def checkpoint(self) -> dict:
+        """The arguments of ``services.message_checkpoint`` for what is published now (through delta ``seq``)."""
+        return dict(
+            message_id=self.message_id,
+            content="".join(self.content)[: self._published_chars],
+            reasoning="".join(self.reasoning)[: self._published_reasoning_chars],
+            seq=self.seq,
+            stored=self._stored,
         )
 
-    async def _write_checkpoint(self, *, content: str, reasoning: str, seq: int) -> None:
-        """Store the partial message; the database gets only what is new since the last checkpoint."""
-        written = await adb(services.message_checkpoint)(
-            message_id=self.message_id, content=content, reasoning=reasoning, seq=seq, stored=self._stored
-        )
+    def checkpointed(self, entry: dict, written: bool) -> None:
+        """Record that ``entry`` (from ``checkpoint``) was stored, so the next one appends after it."""
         if written:
-            self._stored = (seq, len(content), len(reasoning))
+            self._stored = (entry["seq"], len(entry["content"]), len(entry["reasoning"]))
 
     def _full_state(self) -> StateChange:
         return StateChange(
@@ -273,8 +328,8 @@ class Generation:
         # Every delta is published before the final event, so they add up to the stored content.
         while self._publisher is not None and not self._publisher.done():
             await asyncio.gather(self._publisher, return_exceptions=True)
-        if self._checkpoint is not None:
-            await asyncio.gather(self._checkpoint, return_exceptions=True)
+        # The final state supersedes a checkpoint still waiting (one being written is a no-op after it).
+        checkpoints().discard(self)
         now = time.monotonic()
         ttft = None if self.first_token_at is None else int((self.first_token_at - self.accepted_at) * 1000)
         content, reasoning = "".join(self.content), "".join(self.reasoning)
@@ -377,36 +432,73 @@ class Generation:
                 pass
 
 
-async def generation_start(*, conversation, user_message, assistant_message, history, accepted_at: float) -> Generation:
-    """Start generating the assistant's reply in this process, and announce both messages.
+class CheckpointWriter:
+    """Stores the partial replies of this process's generations: one hop and one transaction for all that are due.
 
-    The upstream request starts at once; meanwhile ``message.created`` is
+    A generation whose checkpoint is due joins ``due``; one task at a time
+    writes everything due then (``services.message_checkpoints``), each
+    reply through its latest published delta, and goes on while more came
+    meanwhile. A failed write is logged; the reply's next checkpoint covers it.
+    """
+
+    def __init__(self):
+        self.due: dict[str, Generation] = {}
+        self.task: asyncio.Task | None = None
+
+    def add(self, generation: Generation) -> None:
+        self.due[generation.message_id] = generation
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._write(), name="checkpoints")
+
+    def discard(self, generation: Generation) -> None:
+        self.due.pop(generation.message_id, None)
+
+    async def _write(self) -> None:
+        while self.due:
+            generations = list(self.due.values())
+            self.due.clear()
+            entries = [generation.checkpoint() for generation in generations]
+            try:
+                written = await adb(services.message_checkpoints)(entries=entries)
+            except Exception:
+                logger.exception("checkpoints of %d replies not stored; their next ones cover it", len(entries))
+                continue
+            for generation, entry, ok in zip(generations, entries, written, strict=True):
+                generation.checkpointed(entry, ok)
+
+
+_checkpoints: dict[asyncio.AbstractEventLoop, CheckpointWriter] = {}
+
+
+def checkpoints() -> CheckpointWriter:
+    """The checkpoint writer of the running event loop (one per process in production)."""
+    loop = asyncio.get_running_loop()
+    writer = _checkpoints.get(loop)
+    if writer is None:
+        for stale in [other for other in _checkpoints if other.is_closed()]:
+            del _checkpoints[stale]
+        writer = _checkpoints[loop] = CheckpointWriter()
+    return writer
+
+
+async def generation_start(*, conversation, user_message, assistant_message, history, accepted_at: float) -> Generation:
+    """Start generating the assistant's reply in this process; return once both messages are announced.
+
+    The upstream request goes out first; meanwhile ``message.created`` is
     logged for each message (the assistant's records its streaming state),
     and no delta is published before that. ``user_message`` is None for a
-    regenerate (the reply follows an existing message). Returns the running Generation.
+    regenerate (the reply follows an existing message). Never raises for
+    Redis. Returns the running Generation.
     """
     generation = Generation(
-        conversation=conversation, message=assistant_message, history=history, accepted_at=accepted_at
+        conversation=conversation,
+        message=assistant_message,
+        history=history,
+        accepted_at=accepted_at,
+        user_message=user_message,
     )
-    running[generation.message_id] = generation
-    generation.task = asyncio.create_task(generation.run(), name=f"generation {generation.message_id}")
-    try:
-        if user_message is not None:
-            await publish(
-                conversation.id, MESSAGE_CREATED, dumps(message_to_dict(user_message)), message_id=str(user_message.id)
-            )
-        await publish(
-            conversation.id,
-            MESSAGE_CREATED,
-            generation._message_json,
-            StateChange("start", generation.message_id, message=generation._message_json),
-        )
-    except Exception as exc:
-        # Both messages are stored and the reply goes on: the post succeeded.
-        # Viewers whose feed missed these events resync from the REST endpoint.
-        logger.warning("conversation %s: announcing a new reply failed (%s)", conversation.id, exc)
-    finally:
-        generation.announced.set()
+    generation.start()
+    await generation.announced.wait()
     return generation
 
 

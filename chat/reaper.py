@@ -6,6 +6,7 @@ settings say has expired; ``shutdown`` ends this process's generations on SIGTER
 """
 
 import asyncio
+import json
 import logging
 
 from django.conf import settings
@@ -41,7 +42,7 @@ async def reap_interrupted(*, grace_seconds: float | None = None, confirm: bool 
     log = get_event_log()
     ended = 0
     missing = set()
-    for message_id in await adb(selectors.message_streaming_ids)(older_than_seconds=grace):
+    for message_id, conversation_id in await adb(selectors.message_streaming_list)(older_than_seconds=grace):
         message_id = str(message_id)
         if message_id in generation.running or await log.has_lease(message_id):
             continue
@@ -50,7 +51,11 @@ async def reap_interrupted(*, grace_seconds: float | None = None, confirm: bool 
         # only a lease missing on two passes in a row means the process is gone.
         if confirm and message_id not in _suspects:
             continue
-        message = await adb(services.message_interrupt)(message_id=message_id, reason=generation.INTERRUPTED_REASON)
+        message = await adb(services.message_interrupt)(
+            message_id=message_id,
+            reason=generation.INTERRUPTED_REASON,
+            partial=await _partial_in_log(log, str(conversation_id), message_id),
+        )
         if message is not None:
             logger.warning("message %s interrupted: its generation is gone", message_id)
             await generation.publish_final(message)
@@ -58,6 +63,24 @@ async def reap_interrupted(*, grace_seconds: float | None = None, confirm: bool 
     _suspects.clear()
     _suspects.update(missing)
     return ended
+
+
+async def _partial_in_log(log, conversation_id: str, message_id: str) -> tuple[int, str, str] | None:
+    """(seq, content, reasoning) of the message as the event log last had it, or None.
+
+    With Redis that is everything published before the generating process
+    died, newer than its last database checkpoint; the in-process log of a
+    process that died had nothing to give.
+    """
+    try:
+        _, states = await log.cut(conversation_id)
+    except Exception as exc:
+        logger.warning("reaper: the partial reply of %s not read from the event log (%s)", message_id, exc)
+        return None
+    for state in states:
+        if json.loads(state.message).get("id") == message_id:
+            return state.seq, state.content, state.reasoning
+    return None
 
 
 async def _reaper_loop() -> None:

@@ -364,11 +364,14 @@ def message_latest(*, conversation) -> Message | None:
     return Message.objects.filter(conversation=conversation).order_by("-created_at", "-id").first()
 
 
-def message_streaming_ids(*, older_than_seconds: float = 0) -> list:
-    """Ids of messages marked streaming, created at least ``older_than_seconds`` ago (the reaper's query)."""
+def message_streaming_list(*, older_than_seconds: float = 0) -> list[tuple]:
+    """(id, conversation id) of messages marked streaming, created at least ``older_than_seconds`` ago (the reaper's
+    query)."""
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
     return list(
-        Message.objects.filter(status=Message.Status.STREAMING, created_at__lte=cutoff).values_list("id", flat=True)
+        Message.objects.filter(status=Message.Status.STREAMING, created_at__lte=cutoff).values_list(
+            "id", "conversation_id"
+        )
     )
 
 

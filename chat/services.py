@@ -572,6 +572,15 @@ def message_checkpoint(
     return bool(streaming.update(content=content, reasoning=reasoning, seq=seq))
 
 
+@transaction.atomic
+def message_checkpoints(*, entries: list[dict]) -> list[bool]:
+    """Save the partial content of several streaming messages in one transaction (``message_checkpoint`` each).
+
+    ``entries`` are ``message_checkpoint``'s keyword arguments; returns whether each was written.
+    """
+    return [message_checkpoint(**entry) for entry in entries]
+
+
 def message_finish(
     *,
     message_id,
@@ -640,26 +649,33 @@ def _fit(value: str | None, field: str) -> str | None:
     return None if value is None else value[: Message._meta.get_field(field).max_length]
 
 
-def message_interrupt(*, message_id, reason: str) -> Message | None:
+def message_interrupt(*, message_id, reason: str, partial: tuple[int, str, str] | None = None) -> Message | None:
     """End a streaming message whose generation is gone as ``interrupted``, keeping its checkpoint.
 
-    Its usage is estimated (``usage_estimated``): the prompt from the system
-    prompt and the history its generation was sent (the same selector, read
-    again), the completion from the checkpoint's content and reasoning.
-    Writes its usage ledger row in the same transaction. Returns the message
-    if this call ended it, None if it had already ended.
+    ``partial`` is (seq, content, reasoning) as the event log last had it
+    (through delta ``seq``): kept instead when it is newer than the
+    checkpoint. Its usage is estimated (``usage_estimated``): the prompt
+    from the system prompt and the history its generation was sent (the same
+    selector, read again), the completion from the content and reasoning
+    kept. Writes its usage ledger row in the same transaction. Returns the
+    message if this call ended it, None if it had already ended.
     """
     now = timezone.now()
     with transaction.atomic():
         message = Message.objects.select_for_update().filter(pk=message_id, status=Message.Status.STREAMING).first()
         if message is None:
             return None
+        kept = {}
+        if partial is not None and partial[0] > message.seq:
+            kept = dict(seq=partial[0], content=partial[1], reasoning=partial[2])
+            message.content, message.reasoning = partial[1], partial[2]
         conversation = Conversation.objects.get(pk=message.conversation_id)
         history = message_history_for_generation(conversation=conversation, before_message=message)
         usage = estimate_usage(
             system_prompt=conversation.system_prompt, history=history, received=[message.content, message.reasoning]
         )
         Message.objects.filter(pk=message_id).update(
+            **kept,
             status=Message.Status.INTERRUPTED,
             error_code="interrupted",
             error_message=reason,

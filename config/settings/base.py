@@ -364,8 +364,15 @@ CHAT_VIEWER_MAX_PENDING_BYTES = env.int("CHAT_VIEWER_MAX_PENDING_BYTES", default
 CHAT_LEASE_SECONDS = env.float("CHAT_LEASE_SECONDS", default=20.0)
 # How often each process looks for interrupted generations.
 CHAT_REAPER_INTERVAL_SECONDS = env.float("CHAT_REAPER_INTERVAL_SECONDS", default=10.0)
-# Partial content is written to the database at most this often.
+# Partial content is written to the database at most this often without Redis
+# (or while Redis is unreachable): a crash loses at most this much of a reply.
 CHAT_CHECKPOINT_SECONDS = env.float("CHAT_CHECKPOINT_SECONDS", default=1.0)
+# With Redis the partial reply lives there too, and crash recovery reads it from
+# there, so the database needs it only this often.
+CHAT_CHECKPOINT_REDIS_SECONDS = env.float("CHAT_CHECKPOINT_REDIS_SECONDS", default=15.0)
+# Deltas a provider sends within this window after a published one go out together
+# at its end: far fewer publishes for fast providers, at most this much added delay.
+CHAT_DELTA_WINDOW_SECONDS = env.float("CHAT_DELTA_WINDOW_SECONDS", default=0.04)
 # A reply ends failed past this many characters (content + reasoning) or seconds
 # after its post was accepted (reply_too_long / reply_timeout); 0 = no cap.
 CHAT_MAX_REPLY_CHARS = env.int("CHAT_MAX_REPLY_CHARS", default=200_000)
