@@ -1,6 +1,6 @@
 """``python -m bench [scenario ...] [--quick] [--no-doc] [--profile] [--doc-only] [--postgres]``
 
-Scenarios: fanout ttft capacity writes memory slowreader search uvicorn (default: all).
+Scenarios: fanout ttft capacity writes memory slowreader search uvicorn connections (default: all).
 
 ``--profile``: py-spy samples daphne a in the 500-viewer fan-out and the one-process capacity steps (see notes).
 ``--doc-only``: rewrite docs/benchmarks.md and its charts from the saved results, running nothing.
@@ -15,7 +15,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from . import capacity, fanout, first_token, memory, otherserver, report, runs, search, slowreader, writes
+from . import capacity, connections, fanout, first_token, memory, otherserver, report, runs, search, slowreader, writes
 from .deployment import Deployment, raise_fd_limit
 
 # In the order of docs/benchmarks.md; RUN_ORDER measures time to first token first, on a quiet deployment.
@@ -28,8 +28,9 @@ SCENARIOS = {
     "slowreader": slowreader,
     "search": search,
     "uvicorn": otherserver,
+    "connections": connections,
 }
-RUN_ORDER = ("ttft", "fanout", "capacity", "uvicorn", "writes", "memory", "slowreader", "search")
+RUN_ORDER = ("ttft", "fanout", "capacity", "uvicorn", "writes", "memory", "slowreader", "search", "connections")
 
 
 def parse_args(argv):
