@@ -148,6 +148,10 @@ def test_daphne_redirects_plain_http_but_not_the_health_checks():
     try:
         stack.setup(usernames=())
         production = {**PRODUCTION, "ALLOWED_HOSTS": "127.0.0.1", "CSRF_TRUSTED_ORIGINS": ""}
+        # Production's pages name static files by their hash: collectstatic first, as the image does.
+        production["STATIC_ROOT"] = str(stack.dir / "static")
+        collect = [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"]
+        subprocess.run(collect, cwd=ROOT, env={**stack.env, **production}, check=True)
         direct = stack.start_server(production)
         behind_proxy = stack.start_server({**production, "TRUST_X_FORWARDED_PROTO": "true"})
         https = {"X-Forwarded-Proto": "https"}

@@ -269,7 +269,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# collectstatic's output: nginx serves it, and production's pages need its manifest.
+STATIC_ROOT = Path(env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles"))
 # Plain names here: `make run` and the tests serve static/ as it is, without
 # collectstatic. Production hashes them (chat/staticfiles.py).
 STORAGES = {

@@ -38,7 +38,7 @@ def hashed(fake_llm):
         llm_models=FAST_ECHO,
         extra_env={"DJANGO_SETTINGS_MODULE": "tests.hashed_static_settings"},
     )
-    stack.env["HASHED_STATIC_ROOT"] = str(stack.dir / "static")
+    stack.env["STATIC_ROOT"] = str(stack.dir / "static")
     try:
         stack.setup(usernames=("olivia",))
         stack.manage("collectstatic", "--noinput", "-v0")
