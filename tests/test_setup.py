@@ -50,7 +50,9 @@ def test_make_run_on_a_fresh_database(tmp_path):
                 data={"username": username, "password": password, "csrfmiddlewaretoken": client.cookies["csrftoken"]},
             )
             assert response.status_code == 302 and response.headers["location"] == "/"
-            assert client.get("/api/models/").json() == {"models": [{"id": "demo", "default": True}]}
+            assert client.get("/api/models/").json() == {
+                "models": [{"id": "demo", "name": "demo", "provider": "demo", "default": True}]
+            }
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)

@@ -121,7 +121,9 @@ def test_hostile_model_output_stays_inert(open_page, live):
     inert_checks(page)
     assert page.recorder.outside_requests() == []
     assert page.recorder.dialogs == []
-    assert page.evaluate("document.querySelectorAll('script').length") == 2  # the app module and its JSON data
+    # The app module and its JSON data (the page's state, the event names): no other script.
+    scripts = page.evaluate("[...document.querySelectorAll('script')].map((s) => s.type || 'classic')")
+    assert sorted(scripts) == ["application/json", "application/json", "module"]
 
 
 def test_hostile_titles_are_text(open_page, live):
