@@ -137,6 +137,28 @@ def member_detail(request, user, conversation_id, username):
     return HttpResponse(status=204)
 
 
+# --- People --------------------------------------------------------------------
+
+# A username is at most 150 characters (Django's User); a longer prefix matches nobody.
+USER_SEARCH_MAX_CHARS = 150
+
+
+@api_view("GET")
+def users(request, user):
+    """``GET /api/users/?q=prefix``: people to share with, as one types (``selectors.user_search``).
+
+    Any signed-in user; a prefix shorter than two characters finds nobody.
+    """
+    prefix = check_text(request.GET.get("q", ""), "The search text").strip()
+    if len(prefix) > USER_SEARCH_MAX_CHARS:
+        raise InvalidInput(
+            f"The search text is too long: {len(prefix)} characters; the limit is {USER_SEARCH_MAX_CHARS}.",
+            code="too_long",
+        )
+    found = selectors.user_search(prefix=prefix)
+    return JsonResponse({"users": [{"username": name, "full_name": full} for name, full in found]})
+
+
 # --- Personal API tokens ------------------------------------------------------
 
 TOKEN_FIELDS = {"name": str, "expires_at": str}

@@ -174,10 +174,18 @@ def _type_name(expected):
     return {str: "string", int: "integer", bool: "boolean", type(None): "null"}.get(expected, expected.__name__)
 
 
+# What a too-long field is called in its error message; other fields go by their name.
+_FIELD_LABELS = {"content": "Your message", "title": "The title", "system_prompt": "The system prompt"}
+
+
 def check_length(data, name, limit, *, too_large=False):
-    """InvalidInput ``too_long`` (TooLarge with ``too_large``) when ``data[name]`` is longer than ``limit``."""
+    """InvalidInput ``too_long`` (TooLarge with ``too_large``) when ``data[name]`` is longer than ``limit``.
+
+    The message says what it is and both lengths: "Your message is too long: 100,000 characters; the limit is 32,000."
+    """
     if name in data and len(data[name]) > limit:
-        message = f"The field {name!r} is too long: {len(data[name])} characters, at most {limit}."
+        what = _FIELD_LABELS.get(name, f"The field {name!r}")
+        message = f"{what} is too long: {len(data[name]):,} characters; the limit is {limit:,}."
         raise (TooLarge(message) if too_large else InvalidInput(message, code="too_long"))
 
 

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 from django.conf import settings
 from django.contrib import auth
 from django.db import connection
-from django.db.models import BooleanField, Exists, OuterRef, Prefetch, Q, Sum
+from django.db.models import BooleanField, Case, CharField, Count, Exists, OuterRef, Prefetch, Q, Sum, Value, When
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Concat, Lower
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -402,8 +403,15 @@ def _money(amount: Decimal) -> str:
 
 
 def _wait(seconds: int) -> str:
-    days, rest = divmod(seconds, 86400)
-    return (f"{days} d " if days else "") + f"{rest // 3600} h {rest % 3600 // 60} min"
+    """A wait as a person reads it: "3 d 4 h", "5 h 16 min", "42 min", "under a minute"."""
+    minutes = -(-seconds // 60)  # rounded up: "in 0 min" would be wrong
+    days, rest = divmod(minutes, 1440)
+    hours, minutes = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{minutes} min" if seconds >= 60 else "under a minute"
 
 
 def message_allowance_check(*, user) -> None:
@@ -453,8 +461,8 @@ def message_allowance_check(*, user) -> None:
     if quota and today >= quota:
         retry = int((midnight + timedelta(days=1) - now).total_seconds()) + 1
         raise RateLimited(
-            f"You have used your {quota:,} tokens for today ({today:,} used). "
-            f"The quota resets at midnight UTC, in {_wait(retry)}; an administrator can raise it.",
+            f"You have used today's {quota:,} tokens ({today:,} so far). "
+            f"Your quota resets at midnight UTC, in {_wait(retry)}; an administrator can raise it.",
             code="quota_exceeded",
             retry_after=retry,
         )
@@ -524,3 +532,57 @@ def model_check_for_user(*, user, model_id: str) -> ModelInfo:
     if model not in model_list_for_user(user=user):
         raise Forbidden(f"You may not use the model {model_id!r}; ask an admin for access.", code="model_not_allowed")
     return model
+
+
+# The share dialog's people picker. Two characters at least, 20 names at most:
+# enough to find a teammate as one types, too little to page through the
+# whole directory one letter at a time.
+USER_SEARCH_MIN_CHARS = 2
+USER_SEARCH_MAX_RESULTS = 20
+
+
+def user_search(*, prefix: str, limit: int = USER_SEARCH_MAX_RESULTS) -> list[tuple[str, str]]:
+    """(username, full name) of up to ``limit`` active users whose username, first or last name or full
+    name starts with ``prefix``, case-insensitively; an exact username first, then by username (1 query).
+
+    Returns nothing for a prefix shorter than USER_SEARCH_MIN_CHARS. Reads no
+    email address and lists no inactive account.
+    """
+    prefix = prefix.strip()
+    if len(prefix) < USER_SEARCH_MIN_CHARS:
+        return []
+    User = auth.get_user_model()
+    full_name = Concat("first_name", Value(" "), "last_name", output_field=CharField())
+    rows = (
+        User.objects.filter(is_active=True)
+        .annotate(full_name=full_name, exact=Case(When(username__iexact=prefix, then=0), default=1))
+        .filter(
+            Q(username__istartswith=prefix)
+            | Q(first_name__istartswith=prefix)
+            | Q(last_name__istartswith=prefix)
+            | Q(full_name__istartswith=prefix)
+        )
+        .order_by("exact", Lower("username"))
+        .values_list("username", "first_name", "last_name")[:limit]
+    )
+    return [(username, f"{first} {last}".strip()) for username, first, last in rows]
+
+
+def usage_today_for_user(*, user) -> dict:
+    """Tokens ``user`` asked for since midnight UTC against their daily quota (1 + limit queries).
+
+    ``{"tokens", "quota" (None: no quota), "replies", "resets_at"}``; read from
+    the usage ledger, as ``message_allowance_check`` counts.
+    """
+    now = timezone.now()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    used = UsageEntry.objects.filter(requested_by_id=user.pk, created_at__gte=midnight).aggregate(
+        tokens=Sum("total_tokens"), replies=Count("pk")
+    )
+    quota = user_limits(user=user)["daily_token_quota"] or None
+    return {
+        "tokens": used["tokens"] or 0,
+        "quota": quota,
+        "replies": used["replies"],
+        "resets_at": midnight + timedelta(days=1),
+    }
