@@ -122,7 +122,7 @@ def test_a_stopped_replys_estimated_tokens_count_toward_the_daily_quota(
     response = post(api, owner, conversation)
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "quota_exceeded"
-    assert f"({expected.total_tokens:,} used)" in response.json()["error"]["message"]
+    assert f"({expected.total_tokens:,} so far)" in response.json()["error"]["message"]
 
 
 # --- deletions never remove usage ------------------------------------------------------------------
