@@ -55,8 +55,11 @@ setup: install
 	$(BIN)/python manage.py ensure_admin
 
 ## run: set up (venv, requirements, database, first admin) and serve on http://$(HOST):$(PORT)
-run: setup
-	$(BIN)/python manage.py serve -b $(HOST) -p $(PORT)
+# serve --ensure-admin makes the first admin itself, so its start-up ends with one block: the address to
+# open and, on the first start, the admin's name and password.
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py serve --ensure-admin -b $(HOST) -p $(PORT)
 
 ## test: the whole suite, after scripts/test-deps installs the servers it runs (redis-server, chromium, nginx, PostgreSQL, slapd)
 test: test-deps install install-ldap

@@ -2,7 +2,8 @@
 
 Takes DJANGO_SUPERUSER_USERNAME / DJANGO_SUPERUSER_PASSWORD when set;
 otherwise makes user ``admin`` with a generated password and prints both once.
-Does nothing when any user exists.
+Does nothing when any user exists. ``manage.py serve --ensure-admin`` (what
+``make run`` runs) does the same and prints them in its start-up block.
 """
 
 import os
@@ -12,22 +13,36 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 
+def ensure_first_admin() -> tuple[str, str | None] | None:
+    """On a database with no users, create the first admin; return (username, password), None if any user exists.
+
+    The password is None when it came from DJANGO_SUPERUSER_PASSWORD (the
+    person who set it knows it); otherwise it is generated here and exists
+    nowhere else: whoever calls this shows it once.
+    """
+    User = get_user_model()
+    if User.objects.exists():
+        return None
+    username = os.environ.get("DJANGO_SUPERUSER_USERNAME") or "admin"
+    given = os.environ.get("DJANGO_SUPERUSER_PASSWORD")
+    password = given or secrets.token_urlsafe(12)
+    User.objects.create_superuser(username=username, password=password, email="")
+    return username, (None if given else password)
+
+
+def credentials_lines(username: str, password: str | None) -> list[str]:
+    """The lines that give the first admin's name and password (``serve --ensure-admin`` prints them too)."""
+    shown = f"{password}   (shown once; change it from your name's menu: Change password)" if password else None
+    return [f"  username: {username}", f"  password: {shown or 'from DJANGO_SUPERUSER_PASSWORD'}"]
+
+
 class Command(BaseCommand):
     help = "Create the first admin account on an empty database and print its credentials once."
 
     def handle(self, *args, **options):
-        User = get_user_model()
-        if User.objects.exists():
+        created = ensure_first_admin()
+        if created is None:
             return
-        username = os.environ.get("DJANGO_SUPERUSER_USERNAME") or "admin"
-        password = os.environ.get("DJANGO_SUPERUSER_PASSWORD")
-        generated = not password
-        if generated:
-            password = secrets.token_urlsafe(12)
-        User.objects.create_superuser(username=username, password=password, email="")
         self.stdout.write(self.style.SUCCESS("Created the first admin account."))
-        self.stdout.write(f"  username: {username}")
-        if generated:
-            self.stdout.write(f"  password: {password}   (shown once; change it in /admin/)")
-        else:
-            self.stdout.write("  password: from DJANGO_SUPERUSER_PASSWORD")
+        for line in credentials_lines(*created):
+            self.stdout.write(line)
