@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from channels.layers import get_channel_layer
 
@@ -252,7 +253,7 @@ class Hub:
         self.timer: asyncio.Task | None = None
         self.tasks: set[asyncio.Task] = set()
         self.unstarted: dict[Viewer, float] = {}
-        self.now = asyncio.get_running_loop().time
+        self.now = time.monotonic
 
     def spawn(self, coro) -> None:
         """Run ``coro`` as a task the hub keeps referenced; its failure is logged (the timer retries)."""
