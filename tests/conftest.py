@@ -172,10 +172,9 @@ def stack_factory():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Browser tests run last (every file under tests/browser/, and any test using Playwright): Playwright's
-    sync API keeps an event loop running in the main thread until the session ends, which would break later
-    asyncio tests. Whole files, because ``--dist loadfile`` (``make test``) sends a file to one worker at the
-    place of its first test."""
+    """Browser tests run last in one process (every file under tests/browser/, and any test using Playwright):
+    a Chromium test leaves Playwright's event loop running in the main thread until its file ends (see
+    tests/browser/conftest.py), and a whole file keeps its module-scoped servers together."""
     browser_tests = Path(__file__).parent / "browser"
 
     def drives_chromium(item):

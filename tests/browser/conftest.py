@@ -113,7 +113,10 @@ class CuttableProxy:
         self.cut()
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, not session-scoped: Playwright's sync API keeps an event loop running in the main thread
+# until stop(), and Django's ORM and pytest-asyncio refuse to run under it. Stopped after each browser file,
+# the asyncio and database tests that a pytest-xdist worker runs next work (a Chromium start is ~1 s).
+@pytest.fixture(scope="module")
 def playwright_api():
     if not Path(CHROMIUM).exists():
         pytest.fail(
@@ -130,7 +133,7 @@ def playwright_api():
     manager.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_api):
     browser = playwright_api.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
     yield browser
