@@ -9,6 +9,7 @@ import json
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
@@ -16,13 +17,18 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Exists, IntegerField, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator, smart_split, unescape_string_literal
 
 from . import admin_reports, admin_retention, selectors, services
 from .audit import audit_record
 from .models import ApiToken, AuditEntry, Conversation, Message, ModelAccess, ModelPrice, UsageEntry, UsageLimit
 from .providers.catalog import configured
+
+# The product's name on every admin page, instead of "Django administration".
+admin.site.site_header = "Team Chat administration"
+admin.site.site_title = "Team Chat admin"
+admin.site.site_url = "/"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -175,6 +181,8 @@ class ConversationAdmin(admin_retention.RetentionPermission, TranscriptAdmin):
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
             context["transcript"] = selectors.message_list(conversation=obj)
+            # The app shows it only to its owner and members (the one visibility rule).
+            context["app_url"] = reverse("conversation", args=[obj.pk])
         return super().render_change_form(request, context, add=add, change=change, form_url=form_url, obj=obj)
 
     @admin.display(description="Title", ordering="title")
@@ -216,21 +224,20 @@ class ConversationAdmin(admin_retention.RetentionPermission, TranscriptAdmin):
 
 @admin.register(Message)
 class MessageAdmin(TranscriptAdmin):
+    # Eight narrow columns, so the list fits 1,400 px beside the admin's sidebar and filters.
     list_display = [
+        "when",
         "preview",
         "conversation_link",
-        "role",
-        "author",
+        "sender",
         "status",
         "model",
-        "prompt_usage",
-        "completion_usage",
-        "total_usage",
-        "ttft",
-        "duration",
-        "created_at",
+        "tokens",
+        "timings",
     ]
+    list_display_links = ["preview"]
     list_filter = ["status", "model", "role", "created_at"]
+    ordering = ["-created_at"]
     date_hierarchy = "created_at"
     search_fields = ["content", "conversation__title", "author__username"]
     # The message table is the big one: skip the extra unfiltered COUNT(*).
@@ -271,7 +278,7 @@ class MessageAdmin(TranscriptAdmin):
 
     @admin.display(description="Message")
     def preview(self, obj):
-        return Truncator(obj.content).chars(60) or f"({obj.status})"
+        return Truncator(obj.content).chars(50) or f"({obj.status})"
 
     @admin.display(description="Conversation", ordering="conversation__title")
     def conversation_link(self, obj):
@@ -293,6 +300,25 @@ class MessageAdmin(TranscriptAdmin):
     @admin.display(description="Total tokens", ordering="total_tokens")
     def total_usage(self, obj):
         return self._tokens(obj, obj.total_tokens)
+
+    @admin.display(description="At (UTC)", ordering="created_at")
+    def when(self, obj):
+        return obj.created_at.strftime("%Y-%m-%d %H:%M")
+
+    @admin.display(description="From", ordering="author__username")
+    def sender(self, obj):
+        # A reply has no author: it is the assistant's.
+        return "Assistant" if obj.role == Message.Role.ASSISTANT else (obj.author or "(deleted user)")
+
+    @admin.display(description="Tokens", ordering="total_tokens")
+    def tokens(self, obj):
+        # The total; the message's page has prompt and completion.
+        return self._tokens(obj, obj.total_tokens) if obj.total_tokens is not None else "-"
+
+    @admin.display(description="Timing (ms)", ordering="duration_ms")
+    def timings(self, obj):
+        # Time to first token / the whole reply: one narrow column for both.
+        return " / ".join("-" if n is None else f"{n:,}" for n in (obj.time_to_first_token_ms, obj.duration_ms))
 
     @admin.display(description="TTFT (ms)", ordering="time_to_first_token_ms")
     def ttft(self, obj):
@@ -418,7 +444,9 @@ class UsageLimitInline(admin.StackedInline):
     can_delete = True
     extra = 0
     max_num = 1
-    verbose_name_plural = "Usage limits (empty: the team default; 0: unlimited)"
+    verbose_name_plural = "Usage limits for this person (empty: the team default; 0: unlimited)"
+    # templates/admin/auth/user/change_form.html puts it near the top of the page, under the usage summary.
+    near_top = True
 
 
 LIMIT_FIELDS = [field.name for field in UsageLimit._meta.concrete_fields if field.name not in ("id", "user")]
@@ -445,12 +473,61 @@ def _limit_changes(formset) -> list[dict]:
     return changes
 
 
+LIMIT_LABELS = {
+    "daily_token_quota": ("Daily token quota", "tokens"),
+    "messages_per_minute": ("Messages per minute", ""),
+    "max_open_streams": ("Open event streams", ""),
+    "monthly_token_budget": ("Monthly token budget", "tokens"),
+    "monthly_cost_budget": ("Monthly cost budget", ""),
+}
+
+
 class UserAdminWithLimits(admin_retention.RetentionPermission, UserAdmin):
     inlines = [*UserAdmin.inlines, UsageLimitInline, admin_retention.UserLegalHoldInline]
     list_display = [*UserAdmin.list_display, admin_retention.user_on_legal_hold]
     list_select_related = ["legal_hold"]
     actions = [admin_retention.set_user_hold, admin_retention.release_user_hold]
     retention_permission = "chat.change_userlegalhold"
+    readonly_fields = [*UserAdmin.readonly_fields, "limits_in_force"]
+
+    def get_fieldsets(self, request, obj=None):
+        """The add page as Django has it; a person's page shows the limits in force and today's usage second."""
+        fieldsets = list(super().get_fieldsets(request, obj))
+        if obj is None:
+            return fieldsets
+        summary = ("Usage today and limits in force", {"fields": ["limits_in_force"]})
+        return [fieldsets[0], summary, *fieldsets[1:]]
+
+    @admin.display(description="In force")
+    def limits_in_force(self, obj):
+        """Each limit's value and where it comes from (this person's override or the team default), and today's use."""
+        limits = selectors.user_limits(user=obj)
+        override = UsageLimit.objects.filter(user=obj).first()
+        usage = selectors.usage_today_for_user(user=obj)
+        rows = []
+        for name, (label, unit) in LIMIT_LABELS.items():
+            value = limits[name]
+            source = "this person's limit" if override and getattr(override, name) is not None else "team default"
+            if not value:
+                shown = "unlimited"
+            elif isinstance(value, Decimal):
+                shown = f"{value:,} {settings.CHAT_CURRENCY}"
+            else:
+                shown = f"{value:,} {unit}".strip()
+            rows.append((label, shown, source))
+        quota = f" of {usage['quota']:,}" if usage["quota"] else ""
+        today = format_html(
+            "<p class='usage-today'><strong>Today (UTC):</strong> {} tokens{} in {} repl{}.</p>",
+            f"{usage['tokens']:,}",
+            quota,
+            usage["replies"],
+            "y" if usage["replies"] == 1 else "ies",
+        )
+        table = format_html(
+            "<table class='limits-in-force'><tbody>{}</tbody></table>",
+            format_html_join("", "<tr><th scope='row'>{}</th><td>{}</td><td>{}</td></tr>", rows),
+        )
+        return format_html("{}{}", today, table)
 
     def save_formset(self, request, form, formset, change):
         """Save, and write one ``limits_changed`` row (before/after) per changed limits form, in one transaction."""

@@ -1,6 +1,8 @@
-"""The 400, 403, 404, 500 and CSRF failure handlers: the contract's JSON error under /api/, Django's pages elsewhere."""
+"""The 400, 403, 404, 500 and CSRF failure handlers: the contract's JSON error under /api/; elsewhere the app's own
+not-found page (with a way home) and Django's other pages."""
 
 from django.http import JsonResponse
+from django.shortcuts import render
 from django.views import defaults
 from django.views.csrf import csrf_failure as default_csrf_failure
 
@@ -24,10 +26,18 @@ def permission_denied(request, exception=None):
     return defaults.permission_denied(request, exception)
 
 
+def not_found_page(request, *, conversation=False):
+    """The app's own 404 page with a way home; ``conversation`` says a conversation link went stale.
+
+    chat/views.py renders it itself for a stale conversation link, so DEBUG's page never shows there.
+    """
+    return render(request, "chat/not_found.html", {"conversation_link": conversation}, status=404)
+
+
 def page_not_found(request, exception=None):
     if _is_api(request):
         return error_response(NotFound("There is nothing at this address.", code="not_found"))
-    return defaults.page_not_found(request, exception)
+    return not_found_page(request)
 
 
 def server_error(request):

@@ -8,10 +8,12 @@ from django.contrib.auth.forms import UserCreationForm
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_POST
 
 from . import events, selectors, services
 from .errors import InvalidInput, NotFound
+from .handlers import not_found_page
 from .http import parse_expiry
 from .serializers import conversation_to_dict, message_to_dict, model_list_to_dicts
 
@@ -22,8 +24,11 @@ def _shell(request, *, conversation=None):
     The initial data goes out as a ``json_script`` block (data, never executed,
     so the strict CSP holds); static/chat/js/main.js reads it.
     """
+    usage = selectors.usage_today_for_user(user=request.user)
     initial = {
         "user": request.user.get_username(),
+        "staff": request.user.is_staff,
+        "usage": {"tokens": usage["tokens"], "quota": usage["quota"]},
         "models": model_list_to_dicts(selectors.model_list_for_user(user=request.user)),
         "conversations": [conversation_to_dict(c) for c in selectors.conversation_list_for_user(user=request.user)],
         "conversation": None,
@@ -32,7 +37,12 @@ def _shell(request, *, conversation=None):
         body = conversation_to_dict(conversation)
         body["messages"] = [message_to_dict(m) for m in selectors.message_list(conversation=conversation)]
         initial["conversation"] = body
-    context = {"initial": initial, "conversation": conversation, "event_names": events.browser_names()}
+    context = {
+        "initial": initial,
+        "conversation": conversation,
+        "event_names": events.browser_names(),
+        "usage_today": {**usage, "text": usage_text(usage["tokens"], usage["quota"])},
+    }
     return render(request, "chat/app.html", context)
 
 
@@ -84,7 +94,9 @@ def conversation_page(request, conversation_id):
     try:
         conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
     except NotFound:
-        raise Http404("No such conversation.") from None
+        # Rendered here rather than raised: with DEBUG=true Django would show its
+        # debug page (with every URL pattern) instead of a way home.
+        return not_found_page(request, conversation=True)
     return _shell(request, conversation=conversation)
 
 
@@ -100,6 +112,20 @@ def signup(request):
     return render(request, "registration/signup.html", {"form": form})
 
 
+def usage_text(tokens: int, quota: int | None) -> str:
+    """The user menu's "my usage today" line (static/chat/js/main.js writes the same)."""
+    return f"{tokens:,} of {quota:,} tokens" if quota else f"{tokens:,} tokens (no daily quota)"
+
+
+def _usage_today(user) -> dict:
+    usage = selectors.usage_today_for_user(user=user)
+    return {**usage, "text": usage_text(usage["tokens"], usage["quota"])}
+
+
 def site(request):
-    """Template context: whether sign-up is open."""
-    return {"allow_signup": settings.ALLOW_SIGNUP}
+    """Template context: whether sign-up is open; the signed-in person's usage today (read only if shown)."""
+    context = {"allow_signup": settings.ALLOW_SIGNUP}
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        context["usage_today"] = SimpleLazyObject(lambda: _usage_today(user))
+    return context

@@ -58,6 +58,12 @@ def test_login_form_and_empty_state(browser, live):
 def test_demo_model_note_and_reply(browser):
     """With no LLM configured, the only model is `demo`: the page says how to configure a real one."""
     stack = Stack().setup()
+    # The note is for staff, who can configure the server (test_firstday.py: a member does not see it).
+    stack.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User\nUser.objects.filter(username='olivia').update(is_staff=True)",
+    )
     try:
         port = stack.start_server()
         context = browser.new_context(base_url=f"http://127.0.0.1:{port}", viewport={"width": 1280, "height": 800})
@@ -509,7 +515,11 @@ def test_sidebar_new_rename_filter_delete(open_page, live):
 def test_phone_width_sidebar_behind_a_button(open_page, live):
     page = open_page("olivia", viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     conversation_id = new_chat(page)
-    send(page, "On a phone: **bold**, `code`, and a long line " + "wrapping " * 20)
+    # On a touch keyboard Enter makes a new line: the Send button sends.
+    page.get_by_role("textbox", name="Message").fill(
+        "On a phone: **bold**, `code`, and a long line " + "wrapping " * 20
+    )
+    page.get_by_role("button", name="Send").click()
     wait_final(page)
     sidebar = page.locator("#sidebar")
     expect(sidebar).not_to_be_in_viewport()
@@ -608,6 +618,7 @@ def test_signing_out_in_another_tab_shows_the_notice_at_once_without_connection_
     other_tab = dora.context.new_page()
     other_tab.recorder = PageRecorder(other_tab)
     other_tab.goto("/")
+    other_tab.locator("#user-menu > summary").click()  # Log out is in the user menu
     other_tab.get_by_role("button", name="Log out").click()
     other_tab.wait_for_url(lambda url: "/accounts/login/" in url)
     expect(dora.locator("#connection-status")).to_contain_text("You were signed out", timeout=5_000)

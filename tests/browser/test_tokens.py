@@ -32,6 +32,7 @@ def test_api_tokens_page(open_page, live, look):
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     assert fits_the_width(page)
     page.locator(".topbar").screenshot(path=str(SCREENSHOTS / f"app-topbar-{look}.png"))
+    page.locator("#user-menu > summary").click()  # API tokens is in the user menu
     page.get_by_role("link", name="API tokens").click()
     page.wait_for_url("**/settings/tokens/")
     expect(page.get_by_role("heading", name="API tokens")).to_be_visible()

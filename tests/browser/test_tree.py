@@ -308,7 +308,9 @@ def test_screenshots_of_branches_and_palette(open_page, live, width, height, sch
         "olivia", viewport={"width": width, "height": height}, color_scheme=scheme, is_mobile=phone, has_touch=phone
     )
     new_chat(page)
-    send(page, "A question with `code` in it")
+    # The Send button: on the phone's touch keyboard Enter makes a new line.
+    page.get_by_role("textbox", name="Message").fill("A question with `code` in it")
+    page.get_by_role("button", name="Send").click()
     reply = wait_final(page)
     reply.get_by_role("button", name="Regenerate", exact=True).click()
     expect(last_assistant(page).locator(".switcher-position")).to_have_text("2 / 2")

@@ -168,7 +168,8 @@ def test_transcript_shows_every_message_in_order(superuser_client, team):
         "Partial",
     ]
     html = response.content.decode()
-    positions = [html.index(text) for text in ("plan the zebra", "Step one:<br>buy a zebra", "what about", "Cheap.")]
+    # The text as written (the page's script renders its Markdown; templates/admin/chat/conversation/change_form.html).
+    positions = [html.index(text) for text in ("plan the zebra", "Step one:\nbuy a zebra", "what about", "Cheap.")]
     assert positions == sorted(positions)
     for text in ("thinking hard", "10 / 5 / 15", "upstream_error", "The model provider failed.", "max", "olivia"):
         assert text in html
@@ -208,7 +209,8 @@ def test_message_changelist_shows_usage(superuser_client, team):
     assert rows["Cheap."] == ("Roadmap", 20, 7, 27, "complete")
     assert rows["Partial"] == ("Roadmap", None, None, None, "failed")
     html = response.content.decode()
-    for header in ("Prompt tokens", "Completion tokens", "Total tokens", "TTFT (ms)", "Duration (ms)", "Conversation"):
+    # One column each for the tokens (the total) and the timings, so the list fits 1,400 px.
+    for header in ("At (UTC)", "From", "Tokens", "Timing (ms)", "Conversation"):
         assert header in html
 
 
@@ -555,7 +557,7 @@ def test_estimated_usage_is_shown_as_such(superuser_client, team):
     Message.objects.filter(pk=reply.pk).update(status="cancelled", usage_estimated=True)
 
     listing = superuser_client.get(MESSAGES).content.decode()
-    assert "~123 (estimated)" in listing and "~100 (estimated)" in listing
+    assert "~123 (estimated)" in listing
     assert "~23 (estimated)" in superuser_client.get(f"{MESSAGES}{reply.pk}/change/").content.decode()
     assert "165 (~123 estimated)" in superuser_client.get(CONVERSATIONS).content.decode()
 

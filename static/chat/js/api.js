@@ -8,15 +8,27 @@ export class ApiError extends Error {
     this.retryAfter = retryAfter;
   }
 
-  /** The error as a sentence a person can act on, with the wait for a 429. */
+  /** The error as a sentence a person can act on, with the wait for a 429 unless the message gives one. */
   describe() {
     let text = this.message;
-    if (this.status === 429 && !/try again/i.test(text)) {
+    if (this.status === 429 && !SAYS_WHEN.test(text)) {
       const wait = retryAfterSeconds(this.retryAfter);
-      text += wait === null ? " Try again later." : ` Try again in ${wait} s.`;
+      text += wait === null ? " Try again later." : ` Try again in ${formatWait(wait)}.`;
     }
     return text;
   }
+}
+
+// A message that already says when ("Try again in 7 s", "resets at midnight UTC, in 5 h 16 min").
+const SAYS_WHEN = /try again|\bin \d+ (s|min|h|d)\b|\bresets\b/i;
+
+/** A wait as a person reads it: "7 s", "3 min", "5 h 16 min" (chat/selectors.py _wait says the same). */
+export function formatWait(seconds) {
+  if (seconds < 90) return `${seconds} s`;
+  const minutes = Math.ceil(seconds / 60);
+  const hours = Math.floor(minutes / 60);
+  if (hours >= 24) return `${Math.floor(hours / 24)} d ${hours % 24} h`;
+  return hours ? `${hours} h ${minutes % 60} min` : `${minutes} min`;
 }
 
 /** Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); null if absent. */
@@ -89,5 +101,6 @@ export const urls = {
   regenerate: (id, mid) => `/api/conversations/${encodeURIComponent(id)}/messages/${encodeURIComponent(mid)}/regenerate/`,
   stop: (id, mid) => `/api/conversations/${encodeURIComponent(id)}/messages/${encodeURIComponent(mid)}/stop/`,
   events: (id) => `/api/conversations/${encodeURIComponent(id)}/events/`,
+  users: (prefix) => `/api/users/?q=${encodeURIComponent(prefix)}`,
   page: (id) => (id ? `/c/${encodeURIComponent(id)}/` : "/"),
 };

@@ -21,7 +21,7 @@ export class OpenConversation {
    * @param {object} conversation the API's conversation, with ``messages``
    * @param {import("./messages.js").Transcript} transcript
    * @param {{onConversationUpdated: Function, onStreamingChange: Function, onConnection: Function,
-   *   onNewBranch: (message: object|null) => void}} hooks
+   *   onNewBranch: (message: object|null) => void, onMyReplyEnded: (message: object) => void}} hooks
    */
   constructor(conversation, transcript, hooks) {
     this.id = conversation.id;
@@ -37,6 +37,7 @@ export class OpenConversation {
     this.forks = new Map();
     this.pinnedCount = new Map();
     this.seen = new Set(); // messages already laid out once: only newcomers are announced
+    this.mine = new Set(); // replies this tab asked for, until they end (their usage is "mine today")
     this.laidOut = false;
     this.grown = false;
     transcript.clear();
@@ -54,6 +55,19 @@ export class OpenConversation {
     // Late answers (a reload in flight, a queued event) must not touch the next conversation's transcript.
     this.closed = true;
     this.stream.close();
+  }
+
+  /** This viewer lost the conversation: stop listening, and end every reply still "Writing…" for them. */
+  abandon() {
+    this.close();
+    for (const state of this.states.values()) {
+      if (state.message.status !== "streaming") continue;
+      state.message = { ...state.message, status: "unfollowed" };
+      state.seq = Infinity;
+      state.retrying = null;
+      this.changed(state);
+    }
+    this.streamingId = null;
   }
 
   connectionChanged(state) {
@@ -78,6 +92,10 @@ export class OpenConversation {
 
   changed(state) {
     this.transcript.update(state);
+    if (state.seq === Infinity && this.mine.has(state.message.id) && FINAL_STATUSES.has(state.message.status)) {
+      this.mine.delete(state.message.id);
+      this.hooks.onMyReplyEnded(state.message);
+    }
   }
 
   // --- the tree ---------------------------------------------------------------
@@ -395,11 +413,15 @@ export class OpenConversation {
       this.pins.set(branchParent, first.id);
       this.seen.add(first.id);
     }
+    if (answer.assistant_message) this.mine.add(answer.assistant_message.id);
     for (const key of keys) {
       const message = answer[key];
       if (message && !this.states.has(message.id)) this.add(message, FINAL_STATUSES.has(message.status) ? Infinity : 0);
       if (message) this.seen.add(message.id);
     }
+    // Its final event may have come before this answer.
+    const reply = answer.assistant_message && this.states.get(answer.assistant_message.id);
+    if (reply && reply.seq === Infinity) this.changed(reply);
     this.grown = true;
     this.relayoutIfGrown();
     this.streamingChanged();

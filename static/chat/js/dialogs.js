@@ -1,4 +1,8 @@
 // The share, rename and delete dialogs (native <dialog>: focus stays inside, Escape closes).
+//
+// The share dialog picks people as one types: ``GET /api/users/?q=`` (two
+// letters at least) fills a listbox under the field (a combobox in ARIA terms:
+// arrows move, Enter or a click adds the person, Escape closes the list).
 
 import { api, urls } from "./api.js";
 import { displayTitle } from "./sidebar.js";
@@ -6,6 +10,9 @@ import { displayTitle } from "./sidebar.js";
 function byId(id) {
   return document.getElementById(id);
 }
+
+const PICKER_DEBOUNCE_MS = 150;
+const PICKER_MIN_CHARS = 2;
 
 function closeButtons(dialog) {
   for (const button of dialog.querySelectorAll("[data-close]")) {
@@ -41,11 +48,124 @@ class ShareDialog {
       const button = event.target.closest("button[data-username]");
       if (button) this.removeMember(button.dataset.username);
     });
+    this.wirePicker();
+  }
+
+  // --- the people picker ------------------------------------------------------
+
+  wirePicker() {
+    this.list = byId("share-suggestions");
+    this.suggestions = [];
+    this.active = -1;
+    this.asked = "";
+    this.input.addEventListener("input", () => {
+      clearTimeout(this.pickerTimer);
+      this.pickerTimer = setTimeout(() => this.suggest(), PICKER_DEBOUNCE_MS);
+    });
+    this.input.addEventListener("keydown", (event) => this.pickerKey(event));
+    this.input.addEventListener("blur", () => this.closeList());
+    // mousedown, not click: the field keeps focus (its blur would close the list first).
+    this.list.addEventListener("mousedown", (event) => {
+      const option = event.target.closest("[role='option']");
+      if (!option) return;
+      event.preventDefault();
+      this.pick(Number(option.dataset.index));
+    });
+  }
+
+  async suggest() {
+    const prefix = this.input.value.trim();
+    this.asked = prefix;
+    if (prefix.length < PICKER_MIN_CHARS) {
+      this.showList([]);
+      return;
+    }
+    let users = [];
+    try {
+      ({ users } = await api("GET", urls.users(prefix)));
+    } catch {
+      // Typing the whole username still works.
+    }
+    if (prefix !== this.asked) return; // a later keystroke asked again
+    const conversation = this.app.current();
+    const taken = new Set(conversation ? [conversation.owner, ...conversation.members] : []);
+    this.showList(users.filter((u) => !taken.has(u.username)));
+  }
+
+  showList(users) {
+    this.suggestions = users;
+    this.active = users.length ? 0 : -1;
+    this.list.replaceChildren(
+      ...users.map((user, index) => {
+        const option = document.createElement("li");
+        option.id = `share-option-${index}`;
+        option.className = "picker-option";
+        option.setAttribute("role", "option");
+        option.dataset.index = String(index);
+        const name = document.createElement("span");
+        name.className = "picker-username";
+        name.textContent = user.username;
+        option.append(name);
+        if (user.full_name) {
+          const full = document.createElement("span");
+          full.className = "meta";
+          full.textContent = user.full_name;
+          option.append(full);
+        }
+        return option;
+      }),
+    );
+    this.list.hidden = !users.length;
+    this.input.setAttribute("aria-expanded", String(Boolean(users.length)));
+    this.markActive();
+  }
+
+  markActive() {
+    for (const option of this.list.children) {
+      option.setAttribute("aria-selected", String(Number(option.dataset.index) === this.active));
+    }
+    if (this.active >= 0) {
+      this.input.setAttribute("aria-activedescendant", `share-option-${this.active}`);
+      this.list.children[this.active].scrollIntoView({ block: "nearest" });
+    } else {
+      this.input.removeAttribute("aria-activedescendant");
+    }
+  }
+
+  closeList() {
+    clearTimeout(this.pickerTimer);
+    this.asked = "";
+    this.showList([]);
+  }
+
+  pickerKey(event) {
+    const open = !this.list.hidden;
+    if ((event.key === "ArrowDown" || event.key === "ArrowUp") && open) {
+      event.preventDefault();
+      const step = event.key === "ArrowDown" ? 1 : -1;
+      this.active = (this.active + step + this.suggestions.length) % this.suggestions.length;
+      this.markActive();
+    } else if (event.key === "Enter" && open && this.active >= 0) {
+      event.preventDefault();
+      this.pick(this.active);
+    } else if (event.key === "Escape" && open) {
+      event.preventDefault(); // closes the list, not the dialog
+      this.closeList();
+    }
+  }
+
+  pick(index) {
+    const user = this.suggestions[index];
+    if (!user) return;
+    this.input.value = user.username;
+    this.closeList();
+    this.add();
   }
 
   open() {
     this.error.textContent = "";
     this.input.value = "";
+    this.closeList();
     this.render();
     this.dialog.showModal();
     (this.isOwner ? this.input : this.dialog.querySelector(".dialog-x")).focus();

@@ -6,9 +6,10 @@
 // search (sidebar search and the Ctrl/Cmd+K palette), sidebar, dialogs, and
 // this file, which wires them to the page.
 
-import { api, ApiError, urls } from "./api.js";
+import { api, ApiError, retryAfterSeconds, urls } from "./api.js";
 import { OpenConversation } from "./conversation.js";
 import { setUpDialogs } from "./dialogs.js";
+import "./menus.js";
 import { Transcript } from "./messages.js";
 import { SearchPalette } from "./search.js";
 import { displayTitle, Sidebar } from "./sidebar.js";
@@ -19,8 +20,42 @@ const CONNECTION_TEXT = {
   reconnecting: "Connection lost — reconnecting…",
   offline: "You are offline — reconnecting when the network is back…",
   gone: "This conversation was deleted or is no longer shared with you.",
+  removed: "You were removed from this conversation: it is no longer shared with you.",
+  deleted: "This conversation was deleted by its owner.",
   "signed-out": "You were signed out. Sign in again to go on.",
 };
+// The states in which this conversation is over for this viewer: the stream will not come back.
+const ENDED = new Set(["gone", "removed", "deleted", "signed-out"]);
+
+const PLACEHOLDER_LONG = "Write a message… (Enter sends, Shift+Enter adds a line)";
+const PLACEHOLDER_SHORT = "Write a message…";
+const BUSY_TEXT = "A reply is already being generated in this conversation. Wait for it or stop it first (Esc).";
+const DEMO_DISMISSED = "chat.demoNoteDismissed";
+
+/** A touch keyboard, where Enter should make a new line (the Send button sends): no fine pointer at all. */
+function touchTyping() {
+  return window.matchMedia("(pointer: coarse)").matches && !window.matchMedia("(any-pointer: fine)").matches;
+}
+
+/** The user menu's "my usage today" line (chat/views.py usage_text writes the same). */
+function usageText(tokens, quota) {
+  const n = (value) => value.toLocaleString("en-US");
+  return quota ? `${n(tokens)} of ${n(quota)} tokens` : `${n(tokens)} tokens (no daily quota)`;
+}
+
+/** Whether a key press is typing into something (then single-key shortcuts stay out of the way). */
+function typingInto(target) {
+  return Boolean(target && target.closest && target.closest("input, textarea, select, [contenteditable='true']"));
+}
+
+/** What a composer error is about, so it can clear when that is over. */
+function causeOf(error) {
+  if (!(error instanceof ApiError)) return null;
+  if (error.code === "generation_in_progress") return "busy";
+  if (error.status === 0) return "network";
+  if (error.status === 429) return "wait";
+  return null;
+}
 
 /**
  * The model picker's options: each model by its name, grouped by provider when there are several;
@@ -53,10 +88,15 @@ function modelOptions(models, current) {
 class App {
   constructor(initial) {
     this.currentUser = initial.user;
+    this.staff = Boolean(initial.staff);
+    this.usage = initial.usage || { tokens: 0, quota: null };
     this.models = initial.models;
     this.conversation = null; // the open conversation's data (no messages)
     this.open = null; // OpenConversation
     this.sending = false;
+    this.streamingId = null;
+    this.ended = false; // the open conversation is over for this viewer (deleted, removed, signed out)
+    this.errorCause = null; // what the composer's error is about: "busy", "network", "wait" or null
 
     this.sidebar = new Sidebar(
       {
@@ -88,6 +128,7 @@ class App {
 
     this.palette = new SearchPalette({ onOpen: (id, messageId) => this.select(id, { push: true, messageId }) });
     this.wireShell();
+    this.wireShortcuts();
     this.wireSettings();
     this.wireComposer();
     this.renderModels();
@@ -137,21 +178,34 @@ class App {
     $("share-button").addEventListener("click", () => this.dialogs.share.open());
     $("delete-button").addEventListener("click", () => this.dialogs.remove.open());
     $("search-open").addEventListener("click", () => this.palette.open());
-    // A menu (<details>) closes when one clicks anywhere else, as menus do.
-    document.addEventListener("click", (event) => {
-      for (const menu of document.querySelectorAll("details.menu-button[open], details.regen-more[open]")) {
-        if (!menu.contains(event.target)) menu.open = false;
-      }
+    // Menus close on a click elsewhere and on Escape (menus.js); a menu's own link or button closes it too.
+    for (const menu of [$("export-menu"), $("conversation-more")]) {
+      menu.addEventListener("click", (event) => {
+        if (event.target.closest(".menu a, .menu button")) menu.open = false;
+      });
+    }
+    const more = {
+      share: () => this.dialogs.share.open(),
+      rename: () => this.dialogs.rename.open(),
+      delete: () => this.dialogs.remove.open(),
+    };
+    $("conversation-more").addEventListener("click", (event) => {
+      const item = event.target.closest("button[data-action]");
+      if (item) more[item.dataset.action]();
     });
-    const exportMenu = $("export-menu");
-    exportMenu.addEventListener("click", (event) => {
-      if (event.target.closest("a")) exportMenu.open = false;
-    });
-    exportMenu.addEventListener("keydown", (event) => {
-      if (event.key === "Escape" && exportMenu.open) {
-        exportMenu.open = false;
-        exportMenu.querySelector("summary").focus();
+    $("demo-note-close").addEventListener("click", () => {
+      try {
+        localStorage.setItem(DEMO_DISMISSED, "1");
+      } catch {
+        // No storage: dismissed for this page only.
       }
+      this.demoDismissed = true;
+      $("demo-note").hidden = true;
+    });
+    // The skip link's target may be hidden (no conversation open): focus what one would type into next.
+    document.querySelector(".skip-link").addEventListener("click", (event) => {
+      event.preventDefault();
+      this.focusComposer();
     });
     $("branch-notice-show").addEventListener("click", () => {
       if (this.open && this.noticed) this.open.reveal(this.noticed);
@@ -180,8 +234,56 @@ class App {
 
   renderModels() {
     const demoOnly = this.models.length === 1 && this.models[0].id === "demo";
-    $("demo-note").hidden = !demoOnly;
+    // Only staff can act on it (they configure the server); once dismissed it stays away in this browser.
+    if (this.demoDismissed === undefined) {
+      try {
+        this.demoDismissed = localStorage.getItem(DEMO_DISMISSED) === "1";
+      } catch {
+        this.demoDismissed = false;
+      }
+    }
+    $("demo-note").hidden = !(demoOnly && this.staff && !this.demoDismissed);
     this.renderSettings();
+  }
+
+  /** Focus the message box, or where a conversation starts when none is open. */
+  focusComposer() {
+    const input = $("composer-input");
+    if (!$("conversation").hidden && !input.disabled) input.focus();
+    else if (!$("welcome").hidden) $("welcome-new-chat").focus();
+    else $("transcript").focus();
+  }
+
+  // --- keyboard shortcuts (Ctrl/Cmd+K is search.js's) ---------------------------
+
+  wireShortcuts() {
+    const dialog = $("shortcuts-dialog");
+    const show = () => {
+      if (!dialog.open) dialog.showModal();
+    };
+    $("shortcuts-open").addEventListener("click", () => {
+      $("user-menu").open = false;
+      show();
+    });
+    document.addEventListener("keydown", (event) => {
+      if (event.defaultPrevented || event.isComposing) return;
+      const inDialog = Boolean(event.target.closest && event.target.closest("dialog"));
+      const plain = !event.ctrlKey && !event.metaKey && !event.altKey;
+      if ((event.ctrlKey || event.metaKey) && event.shiftKey && !event.altKey && event.key.toLowerCase() === "o") {
+        event.preventDefault(); // Chromium's own Ctrl+Shift+O opens the bookmarks
+        for (const open of document.querySelectorAll("dialog[open]")) open.close();
+        this.newChat();
+      } else if (event.key === "?" && plain && !typingInto(event.target) && !inDialog) {
+        event.preventDefault();
+        show();
+      } else if (event.key === "Escape" && plain && !inDialog && this.streamingId) {
+        // Not while editing a message (its editor takes Escape to cancel) or with the phone's sidebar open.
+        if (event.target.closest && event.target.closest(".editor")) return;
+        if (document.body.classList.contains("sidebar-open")) return;
+        event.preventDefault();
+        this.stop();
+      }
+    });
   }
 
   async newChat() {
@@ -223,12 +325,30 @@ class App {
     if (this.open && this.open.reveal(messageId)) this.transcript.scrollToMessage(messageId);
   }
 
+  /** Show ``error`` under the composer; it clears by itself when its cause goes away (``clearError``). */
   flash(error) {
-    $("composer-error").textContent = error.describe ? error.describe() : String(error);
+    this.showError(error.describe ? error.describe() : String(error), causeOf(error));
+    if (error.status === 429) {
+      const wait = retryAfterSeconds(error.retryAfter);
+      // A short wait: the notice goes when it is over. A long one (a quota) stays: it says when.
+      clearTimeout(this.waitTimer);
+      if (wait !== null && wait <= 300) this.waitTimer = setTimeout(() => this.clearError("wait"), wait * 1000);
+    }
+  }
+
+  showError(text, cause = null) {
+    $("composer-error").textContent = text;
+    this.errorCause = text ? cause : null;
+  }
+
+  /** Clear the composer's error if it is about ``cause``. */
+  clearError(cause) {
+    if (this.errorCause === cause) this.showError("");
   }
 
   showWelcome() {
     if (this.open) this.open.close();
+    this.ended = false;
     this.open = null;
     this.conversation = null;
     this.sidebar.setActive(null);
@@ -246,9 +366,10 @@ class App {
     if (push) history.pushState({ id: data.id }, "", urls.page(data.id));
     $("welcome").hidden = true;
     $("conversation").hidden = false;
-    $("composer-error").textContent = "";
+    this.showError("");
+    this.ended = false;
+    this.justSaved = false;
     $("composer-input").disabled = false;
-    $("send-button").disabled = false;
     this.sidebar.setActive(data.id);
     this.renderHeader();
     this.renderSettings({ force: true });
@@ -259,6 +380,7 @@ class App {
       onStreamingChange: (id) => this.setStreaming(id),
       onConnection: (state) => this.connectionChanged(state),
       onNewBranch: (message) => this.branchNotice(message),
+      onMyReplyEnded: (message) => this.countUsage(message),
     });
     this.transcript.flush();
     this.transcriptChanged();
@@ -282,8 +404,7 @@ class App {
     if (this.dialogs.share.dialog.open) this.dialogs.share.render();
     if (data.owner !== this.currentUser && !data.members.includes(this.currentUser)) {
       // I was removed: the server ends my stream too; say so now.
-      this.open.close();
-      this.connectionChanged("gone");
+      this.connectionChanged("removed");
     }
   }
 
@@ -297,8 +418,11 @@ class App {
     $("rename-button").hidden = !isOwner;
     $("delete-button").hidden = !isOwner;
     $("share-button").textContent = isOwner ? "Share" : "People";
-    $("export-markdown").href = urls.exportAs(c.id, "markdown");
-    $("export-json").href = urls.exportAs(c.id, "json");
+    $("export-markdown").href = $("more-export-markdown").href = urls.exportAs(c.id, "markdown");
+    $("export-json").href = $("more-export-json").href = urls.exportAs(c.id, "json");
+    $("more-share").textContent = isOwner ? "Share" : "People";
+    $("more-rename").hidden = !isOwner;
+    $("more-delete").hidden = !isOwner;
   }
 
   /** Say that someone started a branch this viewer is not following (null: say nothing). */
@@ -314,15 +438,21 @@ class App {
 
   connectionChanged(state) {
     const status = $("connection-status");
+    // Once over, it stays over: a later "closed" or "reconnecting" must not replace the notice.
+    if (this.ended) return;
     const text = CONNECTION_TEXT[state] || "";
     status.textContent = text;
     status.hidden = !text;
     status.dataset.state = state;
-    if (state === "gone" || state === "signed-out") {
+    if (state === "open") this.clearError("network");
+    if (ENDED.has(state)) {
+      this.ended = true;
+      // No reply may stay "Writing…": this viewer will hear no more of it.
+      if (this.open) this.open.abandon();
       $("composer-input").disabled = true;
-      $("send-button").disabled = true;
+      this.showError("");
       this.setStreaming(null);
-      if (state === "gone" && this.conversation) this.sidebar.remove(this.conversation.id);
+      if (state !== "signed-out" && this.conversation) this.sidebar.remove(this.conversation.id);
     }
   }
 
@@ -344,6 +474,15 @@ class App {
         });
         this.conversationUpdated(updated);
         this.renderSettings({ force: true });
+        // Saved: the panel folds away; its summary shows the new settings and says so for a moment.
+        $("settings").open = false;
+        this.justSaved = true;
+        this.renderSettings();
+        clearTimeout(this.savedTimer);
+        this.savedTimer = setTimeout(() => {
+          this.justSaved = false;
+          this.renderSettings();
+        }, 4000);
         status.textContent = "Saved.";
       } catch (error) {
         status.textContent = error.describe ? error.describe() : String(error);
@@ -377,7 +516,8 @@ class App {
     prompt.readOnly = !isOwner;
     $("settings-save").hidden = !isOwner;
     const model = this.models.find((m) => m.id === c.model)?.name || c.model;
-    $("settings-summary").textContent = `· ${model}${c.system_prompt ? " · custom system prompt" : ""}`;
+    const saved = this.justSaved ? " · saved" : "";
+    $("settings-summary").textContent = `· ${model}${c.system_prompt ? " · custom system prompt" : ""}${saved}`;
     if (force) $("settings-status").textContent = isOwner ? "" : "Only the owner can change these.";
   }
 
@@ -390,28 +530,42 @@ class App {
       this.sendFromComposer();
     });
     input.addEventListener("keydown", (event) => {
-      if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey && !event.metaKey) {
-        event.preventDefault();
-        this.sendFromComposer();
-      }
+      if (event.key !== "Enter" || event.shiftKey || event.isComposing || event.altKey || event.ctrlKey || event.metaKey) return;
+      // On a touch keyboard Enter is the only way to a new line: there the Send button sends.
+      if (touchTyping()) return;
+      event.preventDefault();
+      this.sendFromComposer();
     });
     input.addEventListener("input", () => {
       input.classList.toggle("is-tall", input.value.split("\n").length > 3 || input.value.length > 240);
     });
-    $("stop-button").addEventListener("click", async () => {
-      if (!this.open) return;
-      try {
-        await this.open.stop();
-      } catch (error) {
-        this.flash(error);
-      }
-    });
+    $("stop-button").addEventListener("click", () => this.stop());
+    // The long placeholder wraps in a narrow box, and a touch keyboard's Enter makes a new line.
+    const fit = () => {
+      input.placeholder = touchTyping() || input.clientWidth < 440 ? PLACEHOLDER_SHORT : PLACEHOLDER_LONG;
+    };
+    new ResizeObserver(fit).observe(input);
+    fit();
+  }
+
+  async stop() {
+    if (!this.open) return;
+    try {
+      await this.open.stop();
+    } catch (error) {
+      this.flash(error);
+    }
   }
 
   async sendFromComposer() {
     const input = $("composer-input");
     const content = input.value;
     if (!content.trim() || this.sending) return;
+    if (this.streamingId) {
+      // Send waits for the reply being written; the text stays in the box.
+      this.showError(BUSY_TEXT, "busy");
+      return;
+    }
     if (await this.send(content)) {
       input.value = "";
       input.classList.remove("is-tall");
@@ -421,28 +575,27 @@ class App {
   /** Post ``content`` to the open conversation; errors are shown by the composer. Returns success. */
   async send(content) {
     if (!this.open) return false;
-    const error = $("composer-error");
-    error.textContent = "";
+    this.showError("");
     this.sending = true;
-    $("send-button").disabled = true;
+    this.renderSendButton();
     try {
       await this.open.send(content);
       this.transcript.stick = true;
       this.autoTitle(content);
       return true;
     } catch (failure) {
-      error.textContent = failure.describe ? failure.describe() : String(failure);
+      this.flash(failure);
       return false;
     } finally {
       this.sending = false;
-      $("send-button").disabled = false;
+      this.renderSendButton();
     }
   }
 
   /** Regenerate a reply (Retry too) as a new sibling, with ``model`` or the conversation's; errors go to the composer. */
   async regenerate(messageId, model) {
     if (!this.open) return;
-    $("composer-error").textContent = "";
+    this.showError("");
     try {
       await this.open.regenerate(messageId, model);
       this.transcript.stick = true;
@@ -455,7 +608,7 @@ class App {
   async edit(messageId, content) {
     const message = this.open && this.open.message(messageId);
     if (!message) return false;
-    $("composer-error").textContent = "";
+    this.showError("");
     try {
       await this.open.send(content, message.parent || null);
       this.transcript.stick = true;
@@ -482,8 +635,30 @@ class App {
   }
 
   setStreaming(messageId) {
+    this.streamingId = messageId;
     $("stop-button").hidden = !messageId;
     this.transcript.setBusy(Boolean(messageId));
+    if (!messageId) this.clearError("busy");
+    this.renderSendButton();
+  }
+
+  /** Send is off while a post is on its way, a reply is being written, or the conversation is over. */
+  renderSendButton() {
+    const button = $("send-button");
+    button.disabled = this.sending || Boolean(this.streamingId) || this.ended;
+    button.title = this.streamingId ? "A reply is being written: wait for it, or stop it (Esc)" : "";
+  }
+
+  // --- my usage today (the user menu) -------------------------------------------
+
+  /** A reply this tab asked for ended: count its tokens in "my usage today". */
+  countUsage(message) {
+    const tokens = message.usage && message.usage.total_tokens;
+    if (!tokens) return;
+    this.usage.tokens += tokens;
+    $("usage-today-text").textContent = usageText(this.usage.tokens, this.usage.quota);
+    const meter = $("usage-today-meter");
+    if (meter) meter.value = this.usage.tokens;
   }
 }
 

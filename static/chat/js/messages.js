@@ -16,6 +16,8 @@ const STATUS_LABELS = {
   failed: "Failed",
   cancelled: "Stopped",
   interrupted: "Interrupted",
+  // Not a server status: this viewer lost access while the reply was being written (conversation.js abandon).
+  unfollowed: "You no longer have access: the rest of this reply is not shown",
 };
 
 function formatTime(iso) {
@@ -455,7 +457,7 @@ export class Transcript {
   }
 
   renderActions(view, message) {
-    const streaming = message.status === "streaming";
+    const streaming = message.status === "streaming" || message.status === "unfollowed";
     for (const control of view.actions.querySelectorAll(".regenerate, .regen-more")) control.hidden = streaming;
     const edit = view.actions.querySelector(".edit");
     if (edit) edit.hidden = !this.canEdit();

@@ -17,8 +17,9 @@ export class ConversationStream {
   /**
    * @param {string} conversationId
    * @param {{onEvent: (type: string, data: object) => void, onState: (state: string) => void}} handlers
-   *   states: "connecting", "open", "reconnecting", "offline", "gone" (deleted or access removed),
-   *   "signed-out" (the session ended: signed out, deactivated, password changed), "closed"
+   *   states: "connecting", "open", "reconnecting", "offline", "removed" (from the conversation), "deleted",
+   *   "gone" (404: either, or never shared), "signed-out" (the session ended: signed out, deactivated,
+   *   password changed), "closed"
    */
   constructor(conversationId, { onEvent, onState }) {
     this.id = conversationId;
@@ -92,7 +93,8 @@ export class ConversationStream {
       this.closed = true;
       clearTimeout(this.retryTimer);
       this.dropSource();
-      this.onState(reason === REVOKED.SIGNED_OUT ? "signed-out" : "gone");
+      const states = { [REVOKED.SIGNED_OUT]: "signed-out", [REVOKED.REMOVED]: "removed", [REVOKED.DELETED]: "deleted" };
+      this.onState(states[reason] || "gone");
     });
     for (const type of HANDED_ON) {
       source.addEventListener(type, (event) => {
