@@ -10,7 +10,6 @@ import logging
 import uuid
 
 from django.conf import settings
-from redis.exceptions import RedisError
 
 from . import selectors, transport
 from .db import adb
@@ -34,7 +33,7 @@ from .events import (
 from .events import (
     HEARTBEAT as HEARTBEAT_FRAME,
 )
-from .fanout import HEARTBEAT, AccessCheck, Resync, get_hub
+from .fanout import HEARTBEAT, AccessCheck, Resync, get_hub, stream_slot_ttl
 from .http import api_view
 from .serializers import message_to_dict
 
@@ -51,6 +50,8 @@ ACCESS_RECHECK_HEARTBEATS = 2
 
 class StreamAccess:
     """Who an event stream serves, and the credential it was opened with, to re-check at any time."""
+
+    __slots__ = ("session_key", "user_id", "conversation_id")
 
     def __init__(self, request, user, conversation_id):
         token = getattr(request, "api_token", None)
@@ -234,6 +235,7 @@ async def _event_stream(viewer, access, slot, *, last_id, prelude=b"", backlog=(
     and frees the stream slot.
     """
     viewer.started = True
+    viewer.slot = slot
     last_key = parse_id(last_id)
     heartbeats = 0
     try:
@@ -266,7 +268,6 @@ async def _event_stream(viewer, access, slot, *, last_id, prelude=b"", backlog=(
                 elif item is HEARTBEAT:
                     chunk.append(HEARTBEAT_FRAME)
                     heartbeats += 1
-                    await _refresh_slot(slot)
                     if heartbeats % ACCESS_RECHECK_HEARTBEATS == 0 and (reason := await access.lost()):
                         break
                 elif isinstance(item, Resync):
@@ -317,8 +318,7 @@ async def _open_stream_slot(user, limit: int) -> tuple:
 
 
 def _stream_slot_ttl() -> float:
-    # Refreshed at every heartbeat; a slot whose stream died unnoticed lapses.
-    return settings.CHAT_HEARTBEAT_SECONDS * 3 + 5
+    return stream_slot_ttl(settings.CHAT_HEARTBEAT_SECONDS)
 
 
 async def _release_slot(slot) -> None:
@@ -326,10 +326,3 @@ async def _release_slot(slot) -> None:
         await get_event_log().stream_close(*slot)
     except Exception:
         logger.warning("could not release an event stream slot")
-
-
-async def _refresh_slot(slot) -> None:
-    try:
-        await get_event_log().stream_refresh(*slot, ttl=_stream_slot_ttl())
-    except (RedisError, ConnectionError):
-        pass  # Redis is restarting; the feed tells this viewer to resync

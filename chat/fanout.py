@@ -40,6 +40,14 @@ _FINAL_TYPES = frozenset(FINAL_EVENTS.values())
 _OPENS_REPLY = frozenset((MESSAGE_CREATED, MESSAGE_DELTA))
 
 
+def stream_slot_ttl(heartbeat_seconds: float) -> float:
+    """How long an open-stream slot lives unless refreshed: the timer refreshes it every heartbeat.
+
+    A slot whose stream died unnoticed (its process killed) lapses after this.
+    """
+    return heartbeat_seconds * 3 + 5
+
+
 def generation_group(message_id) -> str:
     return f"generation.{message_id}"
 
@@ -86,7 +94,7 @@ class Viewer:
     which parks on one future until something is put.
     """
 
-    __slots__ = ("feed", "user_id", "items", "size", "waiter", "overflowed", "started")
+    __slots__ = ("feed", "user_id", "items", "size", "waiter", "overflowed", "started", "slot")
 
     def __init__(self, feed: Feed, user_id=None):
         self.feed = feed
@@ -97,6 +105,8 @@ class Viewer:
         self.overflowed = False
         # Set by the stream when it first runs; see Hub.join.
         self.started = False
+        # The stream's open-stream slot ``(user_id, token)``, which the timer keeps alive.
+        self.slot: tuple | None = None
 
     def put(self, event: Event) -> None:
         """Queue ``event``; past VIEWER_QUEUE_BYTES the viewer is marked ``overflowed`` instead."""
@@ -235,7 +245,7 @@ class Hub:
     The timer wakes every ``busy_check_seconds``: it compares the log's tail
     with each feed's last id (every time while a reply streams, every
     ``idle_check_seconds`` otherwise), and every ``heartbeat_seconds`` puts a
-    heartbeat on every viewer's queue.
+    heartbeat on every viewer's queue and refreshes every viewer's stream slot.
     """
 
     def __init__(
@@ -350,9 +360,17 @@ class Hub:
             now = self.now()
             if now >= next_beat:
                 next_beat = now + self.heartbeat_seconds
+                slots = []
                 for feed in list(self.feeds.values()):
                     for viewer in feed.viewers:
                         viewer.put_marker(HEARTBEAT)
+                        if viewer.slot is not None:
+                            slots.append(viewer.slot)
+                try:
+                    # Every stream's slot in one round trip, not one per viewer.
+                    await self.log.stream_refresh_many(slots, ttl=stream_slot_ttl(self.heartbeat_seconds))
+                except Exception as exc:
+                    logger.warning("fan-out: refreshing %d stream slots failed (%s)", len(slots), exc)
             for viewer in [v for v, deadline in self.unstarted.items() if deadline <= now]:
                 if not viewer.started:
                     self.leave(viewer)

@@ -95,6 +95,7 @@ async def send_event_stream(response: EventStreamResponse, start: dict, send) ->
     the stream the same way.
     """
     await send(start)
+    del start  # its headers are daphne's now; a stream may last hours
     connection = response.connection if response.budget > 0 else None
     budget = response.budget
     async with aclosing(response.stream) as stream:

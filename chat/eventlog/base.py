@@ -174,5 +174,10 @@ class EventLog:
         """Keep the open stream ``token`` for ``ttl`` more seconds."""
         raise NotImplementedError
 
+    async def stream_refresh_many(self, slots: list[tuple], *, ttl: float) -> None:
+        """``stream_refresh`` for each ``(user_id, token)`` in ``slots`` (the Redis log: in one round trip)."""
+        for user_id, token in slots:
+            await self.stream_refresh(user_id, token, ttl=ttl)
+
     async def stream_close(self, user_id, token: str) -> None:
         raise NotImplementedError

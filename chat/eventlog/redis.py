@@ -149,6 +149,18 @@ class RedisEventLog(EventLog):
             pipe.pexpire(key, int(ttl * 1000))
             await pipe.execute()
 
+    async def stream_refresh_many(self, slots, *, ttl):
+        if not slots:
+            return
+        ttl_ms = int(ttl * 1000)
+        expiry = int(time.time() * 1000) + ttl_ms
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id, token in slots:
+                key = self._streams_key(user_id)
+                pipe.zadd(key, {token: expiry}, xx=True)
+                pipe.pexpire(key, ttl_ms)
+            await pipe.execute()
+
     async def stream_close(self, user_id, token):
         await self.redis.zrem(self._streams_key(user_id), token)
 

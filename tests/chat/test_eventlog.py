@@ -154,7 +154,7 @@ async def test_stream_slots_count_up_to_the_limit(log):
     assert await log.stream_open(7, "c", limit=2, ttl=60)
 
     await log.stream_refresh(7, "b", ttl=0.05)
-    await log.stream_refresh(7, "c", ttl=0.05)
+    await log.stream_refresh_many([(7, "c"), (8, "c")], ttl=0.05)
 
     async def lapsed():
         return await log.stream_open(7, "e", limit=1, ttl=60)
