@@ -17,6 +17,18 @@ from tests.servers import ROOT, eventually, free_port, wait_for_port
 PYTHON = str(ROOT / ".venv/bin/python")
 
 
+def local_env(tmp_path, **extra) -> dict[str, str]:
+    """`make run`'s settings on a new SQLite file, no Redis, the demo model; no first admin given unless ``extra``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DJANGO_SUPERUSER_")}
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        REDIS_URL="",
+        LLM_BASE_URL="",
+        DJANGO_SETTINGS_MODULE="config.settings.local",
+    )
+    return {**env, **extra}
+
+
 def make_run_commands(port: int) -> list[list[str]]:
     """The `run` target's commands (after `install`), read from the Makefile so the test follows it."""
     recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M).group(1)
@@ -46,15 +58,7 @@ def block_of(log: Path) -> str:
 @pytest.mark.processes
 def test_the_start_up_ends_with_the_address_and_the_first_admin(tmp_path):
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.sqlite3'}",
-        "REDIS_URL": "",
-        "LLM_BASE_URL": "",
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-    }
-    env.pop("DJANGO_SUPERUSER_PASSWORD", None)
-    env.pop("DJANGO_SUPERUSER_USERNAME", None)
+    env = local_env(tmp_path)
     commands = make_run_commands(port)
     assert commands[-1][2:4] == ["serve", "--ensure-admin"], commands
 
@@ -100,14 +104,7 @@ def test_the_start_up_ends_with_the_address_and_the_first_admin(tmp_path):
 @pytest.mark.processes
 def test_a_wildcard_address_is_shown_as_one_a_browser_opens(tmp_path):
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "REDIS_URL": "",
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "DJANGO_SUPERUSER_USERNAME": "boss",
-        "DJANGO_SUPERUSER_PASSWORD": "given-in-env-123",
-    }
+    env = local_env(tmp_path, DJANGO_SUPERUSER_USERNAME="boss", DJANGO_SUPERUSER_PASSWORD="given-in-env-123")
     subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     log = tmp_path / "serve.log"
     proc = start([[PYTHON, "manage.py", "serve", "--ensure-admin", "-b", "0.0.0.0", "-p", str(port)]], env, log)

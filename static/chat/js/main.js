@@ -3,8 +3,10 @@
 // Modules, bottom up: api (fetch + CSRF), markdown (markdown-it + DOMPurify),
 // stream (EventSource with resume), messages (the transcript's DOM),
 // conversation (message state from REST + events, the tree of branches),
-// search (sidebar search and the Ctrl/Cmd+K palette), sidebar, dialogs, and
-// this file, which wires them to the page.
+// search (sidebar search and the Ctrl/Cmd+K palette), sidebar, dialogs (the
+// share dialog's people picker too), menus (close on a click elsewhere), and
+// this file, which wires them to the page: the composer, the keyboard
+// shortcuts (? lists them), the user menu's usage today, the notices.
 
 import { api, ApiError, retryAfterSeconds, urls } from "./api.js";
 import { OpenConversation } from "./conversation.js";
@@ -624,7 +626,7 @@ class App {
     const c = this.conversation;
     if (!c || c.title || c.owner !== this.currentUser) return;
     // The first line, without Markdown's leading marks (# heading, > quote, - item), at most 80 characters.
-    const line = content.trim().split("\n")[0].replace(/^[\s#>*+-]+/, "");
+    const line = content.trim().split("\n")[0].replace(/^[\s#>*+|-]+/, "");
     const title = Array.from(line).slice(0, 80).join("").trim();
     if (!title) return;
     try {
