@@ -131,6 +131,25 @@ async def test_stop_requests_and_leases(log):
     await aeventually(lapsed)
 
 
+@pytest.fixture
+def other_process(log):
+    """The same log as another process sees it: the same object in memory, another Redis client."""
+    if isinstance(log, MemoryEventLog):
+        return log
+    other = RedisEventLog(log.url)
+    other.prefix = log.prefix
+    return other
+
+
+async def test_try_lock_lets_one_of_two_processes_through(log, other_process):
+    one, two, other = await asyncio.gather(
+        log.try_lock("job", 60), other_process.try_lock("job", 60), log.try_lock("other", 60)
+    )
+    assert sorted([one, two]) == [False, True], "exactly one of the two takes it"
+    assert other is True, "another lock's name is free"
+    assert await other_process.try_lock("job", 60) is False
+
+
 async def test_try_lock_lets_one_caller_through_until_it_lapses(log):
     assert await log.try_lock("job", 60) is True
     assert await log.try_lock("job", 60) is False

@@ -399,18 +399,6 @@ def two_processes_logs(request):
     return logs
 
 
-def test_try_lock_lets_one_of_two_callers_through(two_processes_logs):
-    first, second = two_processes_logs
-
-    async def race():
-        return await asyncio.gather(first.try_lock("job", 60), second.try_lock("job", 60), first.try_lock("other", 60))
-
-    one, two, other = async_to_sync(race)()
-    assert sorted([one, two]) == [False, True], "exactly one of the two takes it"
-    assert other is True, "another lock's name is free"
-    assert async_to_sync(second.try_lock)("job", 60) is False
-
-
 @pytest.mark.django_db
 def test_only_one_of_two_processes_purges_per_hour(settings, owner, two_processes_logs):
     settings.CHAT_DELETED_RETENTION_DAYS = 30
