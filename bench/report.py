@@ -148,6 +148,17 @@ def _section(name: str, result: dict, modules: dict) -> list[str]:
     return [*out, ""] if result.get("notes") else out
 
 
+def _niceness(results: dict[str, dict]) -> str:
+    """A sentence on the priority the bench's processes ran at, when it was raised for any scenario shown."""
+    levels = sorted({r.get("niceness", 0) for r in results.values()})
+    if levels == [0]:
+        return ""
+    return (
+        f" The bench and everything it started ran at niceness {'/'.join(map(str, levels))} (0 is the default),"
+        " ahead of other work on the machine, which each run still records."
+    )
+
+
 def write_doc(results: dict[str, dict], modules: dict) -> None:
     m = machine()
     lines = [
@@ -155,7 +166,7 @@ def write_doc(results: dict[str, dict], modules: dict) -> None:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']};"
         f" {m['software']}. Everything on loopback, on the same {m['cores']} cores: the daphne processes, Redis,"
-        " the fake provider and the load.",
+        " the fake provider and the load." + _niceness(results),
         "",
         "Summary (the `added` column is app minus baseline):",
         "",
