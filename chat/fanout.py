@@ -94,7 +94,7 @@ class Viewer:
     which parks on one future until something is put.
     """
 
-    __slots__ = ("feed", "user_id", "items", "size", "waiter", "overflowed", "started", "slot")
+    __slots__ = ("feed", "user_id", "items", "size", "waiter", "overflowed", "started", "slot", "quiet_since")
 
     def __init__(self, feed: Feed, user_id=None):
         self.feed = feed
@@ -107,6 +107,8 @@ class Viewer:
         self.started = False
         # The stream's open-stream slot ``(user_id, token)``, which the timer keeps alive.
         self.slot: tuple | None = None
+        # When the stream last took something to send: the timer's heartbeats go to quiet viewers only.
+        self.quiet_since = time.monotonic()
 
     def put(self, event: Event) -> None:
         """Queue ``event``; past VIEWER_QUEUE_BYTES the viewer is marked ``overflowed`` instead."""
@@ -139,6 +141,7 @@ class Viewer:
             finally:
                 self.waiter = None
         items, self.items, self.size = self.items, [], 0
+        self.quiet_since = time.monotonic()
         return items
 
 
@@ -242,10 +245,12 @@ class Feed:
 class Hub:
     """The process's feeds, one per conversation with local viewers, its one subscription, its one timer.
 
-    The timer wakes every ``busy_check_seconds``: it compares the log's tail
-    with each feed's last id (every time while a reply streams, every
-    ``idle_check_seconds`` otherwise), and every ``heartbeat_seconds`` puts a
-    heartbeat on every viewer's queue and refreshes every viewer's stream slot.
+    The timer wakes every ``busy_check_seconds`` (or an eighth of a heartbeat
+    if shorter): it compares the log's tail with each feed's last id (every
+    second while a reply streams, every ``idle_check_seconds`` otherwise),
+    puts a heartbeat on the queue of each viewer that sent nothing for
+    ``heartbeat_seconds``, and every ``heartbeat_seconds`` refreshes every
+    viewer's stream slot in one round trip.
     """
 
     def __init__(
@@ -353,22 +358,25 @@ class Hub:
             await feed.stop()
 
     async def _tick(self) -> None:
-        period = min(self.busy_check_seconds, self.heartbeat_seconds)
-        next_beat = self.now() + self.heartbeat_seconds
+        heartbeat = self.heartbeat_seconds
+        # Fine enough that a quiet stream's heartbeat comes at most 1/8 of an interval late.
+        period = min(self.busy_check_seconds, heartbeat / 8)
+        next_refresh = self.now() + heartbeat
         while self.feeds or self.unstarted:
             await asyncio.sleep(period)
             now = self.now()
-            if now >= next_beat:
-                next_beat = now + self.heartbeat_seconds
-                slots = []
-                for feed in list(self.feeds.values()):
-                    for viewer in feed.viewers:
+            for feed in list(self.feeds.values()):
+                for viewer in feed.viewers:
+                    # Only after a whole interval with nothing sent: a stream that just
+                    # wrote a large backlog is not judged (transport budget) at once.
+                    if not viewer.items and now - viewer.quiet_since >= heartbeat:
                         viewer.put_marker(HEARTBEAT)
-                        if viewer.slot is not None:
-                            slots.append(viewer.slot)
+            if now >= next_refresh:
+                next_refresh = now + heartbeat
+                slots = [v.slot for feed in list(self.feeds.values()) for v in feed.viewers if v.slot is not None]
                 try:
                     # Every stream's slot in one round trip, not one per viewer.
-                    await self.log.stream_refresh_many(slots, ttl=stream_slot_ttl(self.heartbeat_seconds))
+                    await self.log.stream_refresh_many(slots, ttl=stream_slot_ttl(heartbeat))
                 except Exception as exc:
                     logger.warning("fan-out: refreshing %d stream slots failed (%s)", len(slots), exc)
             for viewer in [v for v, deadline in self.unstarted.items() if deadline <= now]:
