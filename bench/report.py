@@ -149,12 +149,15 @@ def _section(name: str, result: dict, modules: dict) -> list[str]:
 
 
 def _niceness(results: dict[str, dict]) -> str:
-    """A sentence on the priority the bench's processes ran at, when it was raised for any scenario shown."""
-    levels = sorted({r.get("niceness", 0) for r in results.values()})
-    if levels == [0]:
+    """A sentence on the priority the scenarios shown ran at, when any of them raised it."""
+    by_level: dict[int, list[str]] = {}
+    for name, result in results.items():
+        by_level.setdefault(result.get("niceness", 0), []).append(name)
+    if set(by_level) == {0}:
         return ""
+    parts = [f"{level} ({', '.join(names)})" for level, names in sorted(by_level.items())]
     return (
-        f" The bench and everything it started ran at niceness {'/'.join(map(str, levels))} (0 is the default),"
+        f" The bench and everything it started ran at niceness {'; '.join(parts)}; 0 is the default, below it"
         " ahead of other work on the machine, which each run still records."
     )
 
