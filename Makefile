@@ -61,9 +61,14 @@ run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py serve --ensure-admin -b $(HOST) -p $(PORT)
 
+# The suite on 2 worker processes (pytest-xdist), a file per worker at a time (module-scoped servers
+# start once); TEST_WORKERS=0 runs it in this process. Most tests wait on real servers, not the CPU.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 ## test: the whole suite, after scripts/test-deps installs the servers it runs (redis-server, chromium, nginx, PostgreSQL, slapd)
 test: test-deps install install-ldap
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 ## test-deps: install the servers the suite runs when missing (as root with apt; otherwise prints the command)
 test-deps:
@@ -72,7 +77,7 @@ test-deps:
 ## test-postgres: the same suite on PostgreSQL: POSTGRES_URL, else the local cluster (pytest-django creates test_<name> there)
 test-postgres: test-deps install install-ldap
 	url="$$POSTGRES_URL"; [ -n "$$url" ] || url=$$(scripts/test-deps --postgres) || exit 1; \
-	DATABASE_URL="$$url" $(BIN)/python -m pytest
+	DATABASE_URL="$$url" $(PYTEST)
 
 bench: install
 	$(BIN)/python -m bench
