@@ -15,19 +15,16 @@ from tests.servers import PASSWORD, NotInstalled, PostgresServer, RedisServer, S
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
-    """A server that is not installed fails the test with the message saying how to install it, without a traceback."""
+    """A server that is not installed fails the test (in a fixture or the test itself) with the message saying
+    how to install it, without a traceback."""
     try:
         return (yield)
     except NotInstalled as exc:
-        pytest.fail(str(exc), pytrace=False)
+        message = str(exc)
+    pytest.fail(message, pytrace=False)  # outside the except: the message once, not chained
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item):
-    try:
-        return (yield)
-    except NotInstalled as exc:
-        pytest.fail(str(exc), pytrace=False)
+pytest_runtest_call = pytest_runtest_setup
 
 
 # --- in-process requests inside a test's transaction -------------------------

@@ -396,14 +396,18 @@ class FakeProvider:
 
     async def wait_ended(self, index: int = -1, timeout: float = 5.0) -> dict[str, Any]:
         """Wait until request ``index`` of the log has an outcome other than "open"; return its record."""
-        deadline = time.monotonic() + timeout
-        while True:
+        # Imported here: this file also runs as a script (bench/), where the tests package is not importable.
+        from tests.servers import aeventually
+
+        def ended():
             records = self.requests()
-            if records and records[index]["outcome"] != "open":
-                return records[index]
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"request {index} still open: {records[index] if records else None}")
-            await asyncio.sleep(0.01)
+            return records[index] if records and records[index]["outcome"] != "open" else None
+
+        def still_open():
+            records = self.requests()
+            return f"request {index} still open: {records[index] if records else None}"
+
+        return await aeventually(ended, timeout=timeout, message=still_open)
 
     def _set(self, record: dict[str, Any], **changes: Any) -> None:
         with self._lock:
