@@ -97,8 +97,10 @@ def test_redis_restart_mid_stream(fake_provider, stack_factory):
         resync_at = max(i for i, e in enumerate(events) if e.type == "resync")
         after = events[resync_at:]
         second_deltas = deltas(after, second_id)
-        assert [d["seq"] for d in second_deltas] == list(range(1, 21))
+        # Gapless from the first; the 20 chunks may arrive merged into fewer deltas (a read that takes several).
+        assert [d["seq"] for d in second_deltas] == list(range(1, len(second_deltas) + 1))
         final = [e for e in after if e.type == "message.completed" and e.data["id"] == second_id][0]
         assert "".join(d["content"] for d in second_deltas) == final.data["content"]
+        assert final.data["content"] == reply_text(SHORT, [{"role": "user", "content": "again"}])
     finally:
         redis.stop()
