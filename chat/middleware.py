@@ -13,11 +13,17 @@ import sys
 import time
 import uuid
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+import csp.middleware
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+from django.contrib.auth import middleware as auth_middleware
 from django.contrib.auth.models import AnonymousUser
+from django.contrib.messages import middleware as message_middleware
+from django.contrib.sessions import middleware as session_middleware
 from django.core.signals import got_request_exception
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
+from django.middleware import clickjacking, common, csrf, security
 
 from . import selectors, services
 from .db import adb
@@ -223,3 +229,129 @@ class ApiTokenMiddleware(_Middleware):
 
         request.auser = auser
         request._dont_enforce_csrf_checks = True
+
+
+# --- Django's middleware, without a thread hop per hook under ASGI -------------------------------------------------
+#
+# Django's MiddlewareMixin runs each process_request / process_view / process_response of an async request in
+# sync_to_async(thread_sensitive=True): a hop to the process's one sync thread and back, 15 per API request with
+# settings.MIDDLEWARE (measured: 2 ms before a post's view, 8 ms after it while its reply starts). The hooks below
+# do no I/O in the common case, so they run on the event loop; the cases that may touch the database (a session to
+# save, messages to store, a CSRF failure page) still go to the thread, as Django would send them. The ASGI
+# handler (config/asgi.py) loads these in place of the classes settings.MIDDLEWARE names (ON_THE_LOOP), which
+# stay there for Django's checks, WSGI and the test client.
+
+
+class _OnTheLoop:
+    """Mixin for a MiddlewareMixin subclass: under ASGI its hooks run on the event loop unless ``_needs_thread``."""
+
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        if self.async_mode and hasattr(self, "process_view"):
+            # Django adapts a sync process_view with sync_to_async; an async one it awaits as it is.
+            self.process_view = self._process_view_on_loop
+
+    def _needs_thread(self, request, response=None) -> bool:
+        """Whether this hook may do I/O for ``request`` (``response`` None: the request's side)."""
+        return False
+
+    async def __acall__(self, request):
+        response = None
+        if hasattr(self, "process_request"):
+            if self._needs_thread(request):
+                response = await sync_to_async(self.process_request, thread_sensitive=True)(request)
+            else:
+                response = self.process_request(request)
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            if self._needs_thread(request, response):
+                response = await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
+            else:
+                response = self.process_response(request, response)
+        return response
+
+    async def _process_view_on_loop(self, request, callback, callback_args, callback_kwargs):
+        view = type(self).process_view.__get__(self)
+        return view(request, callback, callback_args, callback_kwargs)
+
+
+class SecurityMiddleware(_OnTheLoop, security.SecurityMiddleware):
+    """Django's SecurityMiddleware; its hooks only read settings and set headers."""
+
+
+class CSPMiddleware(_OnTheLoop, csp.middleware.CSPMiddleware):
+    """django-csp's middleware; it only makes a nonce and sets headers."""
+
+
+class CommonMiddleware(_OnTheLoop, common.CommonMiddleware):
+    """Django's CommonMiddleware; its hooks read the URL conf and set headers."""
+
+
+class XFrameOptionsMiddleware(_OnTheLoop, clickjacking.XFrameOptionsMiddleware):
+    """Django's XFrameOptionsMiddleware; it sets a header."""
+
+
+class AuthenticationMiddleware(_OnTheLoop, auth_middleware.AuthenticationMiddleware):
+    """Django's AuthenticationMiddleware; it sets a lazy ``request.user``, loaded where it is used."""
+
+
+class SessionMiddleware(_OnTheLoop, session_middleware.SessionMiddleware):
+    """Django's SessionMiddleware; a session is read where it is used, and saved on the sync thread as before."""
+
+    def _needs_thread(self, request, response=None) -> bool:
+        if response is None:
+            return False
+        session = getattr(request, "session", None)
+        return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
+
+
+class MessageMiddleware(_OnTheLoop, message_middleware.MessageMiddleware):
+    """Django's MessageMiddleware; messages that were read or added are stored on the sync thread as before."""
+
+    def _needs_thread(self, request, response=None) -> bool:
+        storage = getattr(request, "_messages", None) if response is not None else None
+        return storage is not None and (storage.used or storage.added_new)
+
+
+class _CsrfRejected(Exception):
+    pass
+
+
+class CsrfViewMiddleware(_OnTheLoop, csrf.CsrfViewMiddleware):
+    """Django's CSRF check on the event loop; a refusal's page is made on the sync thread, as before.
+
+    With ``CSRF_USE_SESSIONS`` the secret lives in the session: every hook then runs on the thread.
+    """
+
+    def _needs_thread(self, request, response=None) -> bool:
+        return settings.CSRF_USE_SESSIONS
+
+    async def _process_view_on_loop(self, request, callback, callback_args, callback_kwargs):
+        check = super(_OnTheLoop, self).process_view
+        if not settings.CSRF_USE_SESSIONS:
+            request._chat_csrf_on_loop = True
+            try:
+                return check(request, callback, callback_args, callback_kwargs)
+            except _CsrfRejected:
+                pass
+            finally:
+                request._chat_csrf_on_loop = False
+        return await sync_to_async(check, thread_sensitive=True)(request, callback, callback_args, callback_kwargs)
+
+    def _reject(self, request, reason):
+        if getattr(request, "_chat_csrf_on_loop", False):
+            raise _CsrfRejected
+        return super()._reject(request, reason)
+
+
+# settings.MIDDLEWARE's entry -> the class the ASGI handler loads instead.
+ON_THE_LOOP = {
+    "django.middleware.security.SecurityMiddleware": SecurityMiddleware,
+    "csp.middleware.CSPMiddleware": CSPMiddleware,
+    "django.contrib.sessions.middleware.SessionMiddleware": SessionMiddleware,
+    "django.middleware.common.CommonMiddleware": CommonMiddleware,
+    "django.middleware.csrf.CsrfViewMiddleware": CsrfViewMiddleware,
+    "django.contrib.auth.middleware.AuthenticationMiddleware": AuthenticationMiddleware,
+    "django.contrib.messages.middleware.MessageMiddleware": MessageMiddleware,
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": XFrameOptionsMiddleware,
+}

@@ -33,6 +33,19 @@ class ChatASGIHandler(ASGIHandler):
     thread instead; their ORM calls run on the shared pool (see chat.db).
     """
 
+    def load_middleware(self, is_async=False):
+        """settings.MIDDLEWARE, with chat.middleware's on-the-loop twins of Django's classes (``ON_THE_LOOP``)."""
+        from django.conf import settings
+
+        from chat.middleware import ON_THE_LOOP
+
+        names = settings.MIDDLEWARE
+        settings.MIDDLEWARE = [_path(ON_THE_LOOP[name]) if name in ON_THE_LOOP else name for name in names]
+        try:
+            super().load_middleware(is_async)
+        finally:
+            settings.MIDDLEWARE = names
+
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
         if scope["type"] == "http" and path.startswith("/api/") and path.endswith(("/events/", "/messages/")):
@@ -102,6 +115,10 @@ class ChatASGIHandler(ASGIHandler):
             await send_event_stream(response, _response_start(response), send)
         else:
             await super().send_response(response, send)
+
+
+def _path(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _response_start(response) -> dict:
