@@ -20,6 +20,11 @@ MESSAGE_FAILED = "message.failed"
 MESSAGE_CANCELLED = "message.cancelled"
 MESSAGE_INTERRUPTED = "message.interrupted"
 CONVERSATION_UPDATED = "conversation.updated"
+# On a user's own stream (GET /api/events/): they gained access to a conversation, or lost it.
+CONVERSATION_ADDED = "conversation.added"
+CONVERSATION_REMOVED = "conversation.removed"
+# Who is viewing a conversation: {"viewers": [username, ...]}, sorted, each person once.
+PRESENCE = "presence"
 RESYNC = "resync"
 # The last event of a stream whose viewer lost access; the client does not reconnect.
 ACCESS_REVOKED = "access.revoked"
@@ -48,6 +53,9 @@ CLIENT_EVENTS = (
     MESSAGE_CANCELLED,
     MESSAGE_INTERRUPTED,
     CONVERSATION_UPDATED,
+    CONVERSATION_ADDED,
+    CONVERSATION_REMOVED,
+    PRESENCE,
     RESYNC,
     ACCESS_REVOKED,
 )
@@ -103,16 +111,25 @@ class Event:
 
     ``message_id``: the message the event is about (its ``message.created``,
     deltas and final event), None for conversation events; ``final``: it ends
-    that message's stream. Streams route by these fields, never by ``data``.
+    that message's stream; ``log_key``: the log it is in (a conversation's id,
+    or ``user.<pk>``), which a stream following several logs routes by.
+    Streams route by these fields, never by ``data``.
     """
 
-    __slots__ = ("id", "type", "data", "prev", "message_id", "final", "_key", "_frame")
+    __slots__ = ("id", "type", "data", "prev", "message_id", "final", "log_key", "_key", "_frame")
 
     def __init__(
-        self, id: str, type: str, data: str, prev: str = "0-0", message_id: str | None = None, final: bool = False
+        self,
+        id: str,
+        type: str,
+        data: str,
+        prev: str = "0-0",
+        message_id: str | None = None,
+        final: bool = False,
+        log_key: str | None = None,
     ):
         self.id, self.type, self.data, self.prev = id, type, data, prev
-        self.message_id, self.final = message_id, final
+        self.message_id, self.final, self.log_key = message_id, final, log_key
         self._key = self._frame = None
 
     def __repr__(self):

@@ -12,6 +12,12 @@ the log's tail with each feed's (every second while a reply streams), which
 catches a lost last event. Viewers therefore see every event exactly once, in
 log order. The channel layer carries only control messages (access changes,
 stops).
+
+A feed serves any log: a conversation's, or a user's own (``user.<pk>``,
+the conversation list's changes). One viewer may follow several logs (the
+multiplexed ``GET /api/events/?conversations=``): it is in each of their
+feeds, with one inbox, one waiter and one byte bound; every event carries
+its ``log_key``, so the stream routes it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from channels.layers import get_channel_layer
 
 from .eventlog import get_event_log
 from .events import FINAL_EVENTS, MESSAGE_CREATED, MESSAGE_DELTA, Event, parse_id
+from .presence import Presence
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +63,19 @@ def user_group(user_id) -> str:
     return f"user.{user_id}"
 
 
+def user_log_key(user_id) -> str:
+    """The key of a user's own log (their conversation list's changes), next to the conversations' keys."""
+    return f"user.{user_id}"
+
+
 class Resync:
-    """Marker put on viewer queues: the feed lost events it cannot recover."""
+    """Marker put on viewer queues: the feed of log ``log_key`` lost events it cannot recover."""
 
-    __slots__ = ("id",)
+    __slots__ = ("id", "log_key")
 
-    def __init__(self, event_id: str):
+    def __init__(self, event_id: str, log_key: str | None = None):
         self.id = event_id
+        self.log_key = log_key
 
 
 class AccessCheck:
@@ -91,13 +104,16 @@ class Viewer:
     """One open event stream's inbox, for one signed-in user: a list, bounded in bytes, and one waiter.
 
     Nothing per viewer runs while it is idle: the stream awaits ``take()``,
-    which parks on one future until something is put.
+    which parks on one future until something is put. ``feeds``: every log
+    it follows (``feed``, the first, is a plain stream's only one).
     """
 
-    __slots__ = ("feed", "user_id", "items", "size", "waiter", "overflowed", "started", "slot", "quiet_since")
+    __slots__ = ("feed", "feeds", "user_id", "items", "size", "waiter", "overflowed", "started", "slot")
+    __slots__ += ("quiet_since", "presence")
 
-    def __init__(self, feed: Feed, user_id=None):
+    def __init__(self, feed: Feed | None, user_id=None):
         self.feed = feed
+        self.feeds: list[Feed] = [] if feed is None else [feed]
         self.user_id = None if user_id is None else str(user_id)
         self.items: list = []
         self.size = 0
@@ -109,6 +125,8 @@ class Viewer:
         self.slot: tuple | None = None
         # When the stream last took something to send: the timer's heartbeats go to quiet viewers only.
         self.quiet_since = time.monotonic()
+        # conversation -> its presence token, for each conversation this stream is counted as viewing.
+        self.presence: dict[str, str] | None = None
 
     def put(self, event: Event) -> None:
         """Queue ``event``; past VIEWER_QUEUE_BYTES the viewer is marked ``overflowed`` instead."""
@@ -219,7 +237,7 @@ class Feed:
                     tail = await self.hub.log.tail(self.conversation_id)
                     logger.warning("feed %s: events lost before %s; viewers resync", self.conversation_id, tail)
                     self._advance(tail)
-                    marker = Resync(tail)
+                    marker = Resync(tail, self.conversation_id)
                     for viewer in list(self.viewers):
                         viewer.put_marker(marker)
                 else:
@@ -269,6 +287,7 @@ class Hub:
         self.tasks: set[asyncio.Task] = set()
         self.unstarted: dict[Viewer, float] = {}
         self.now = time.monotonic
+        self.presence = Presence(self)
 
     def spawn(self, coro) -> None:
         """Run ``coro`` as a task the hub keeps referenced; its failure is logged (the timer retries)."""
@@ -302,28 +321,27 @@ class Hub:
             if feed.ready:
                 self.spawn(feed.check_tail())
 
-    async def join(self, conversation_id: str, *, user_id=None) -> Viewer:
+    async def join(self, conversation_id, *, user_id=None) -> Viewer:
         """A new viewer of the conversation; events logged from now on reach its queue.
 
         With ``user_id``, access changes of that user reach it too (``AccessCheck``).
         """
-        conversation_id = str(conversation_id)
-        lock = self.locks.setdefault(conversation_id, asyncio.Lock())
-        async with lock:
-            feed = self.feeds.get(conversation_id)
-            if feed is None:
-                feed = Feed(self, conversation_id)
-                self.feeds[conversation_id] = feed
-                try:
-                    await feed.start()
-                except BaseException:
-                    del self.feeds[conversation_id]
-                    raise
-            if feed.linger is not None:
-                feed.linger.cancel()
-                feed.linger = None
-            viewer = Viewer(feed, user_id)
-            feed.viewers.add(viewer)
+        return await self.join_logs((str(conversation_id),), user_id=user_id)
+
+    async def join_logs(self, log_keys, *, user_id=None) -> Viewer:
+        """A new viewer of every log in ``log_keys`` (at least one), with one inbox; as ``join`` otherwise."""
+        viewer = Viewer(None, user_id)
+        try:
+            if len(log_keys) == 1:
+                await self._attach(viewer, log_keys[0])
+            else:
+                async with asyncio.TaskGroup() as group:
+                    for key in log_keys:
+                        group.create_task(self._attach(viewer, key))
+        except BaseException:
+            self.leave(viewer)
+            raise
+        viewer.feed = self.feeds[log_keys[0]]
         if user_id is not None:
             try:
                 await self.users.add(viewer)
@@ -337,11 +355,54 @@ class Hub:
             self.timer = asyncio.create_task(self._tick(), name="fan-out timer")
         return viewer
 
+    async def _attach(self, viewer: Viewer, log_key: str) -> None:
+        lock = self.locks.setdefault(log_key, asyncio.Lock())
+        async with lock:
+            feed = self.feeds.get(log_key)
+            if feed is None:
+                feed = Feed(self, log_key)
+                self.feeds[log_key] = feed
+                try:
+                    await feed.start()
+                except BaseException:
+                    del self.feeds[log_key]
+                    raise
+            if feed.linger is not None:
+                feed.linger.cancel()
+                feed.linger = None
+            feed.viewers.add(viewer)
+            viewer.feeds.append(feed)
+
+    async def enter_presence(self, viewer: Viewer, conversation_id: str, username: str) -> list[str]:
+        """Count ``viewer`` (``username``'s stream) as viewing the conversation until it leaves; the viewers now."""
+        token, viewers = await self.presence.enter(conversation_id, username)
+        if viewer.presence is None:
+            viewer.presence = {}
+        viewer.presence[conversation_id] = token
+        return viewers
+
     def leave(self, viewer: Viewer) -> None:
-        feed = viewer.feed
-        feed.viewers.discard(viewer)
+        """The viewer's stream ended: it leaves every feed, and the viewers of what it showed."""
+        for feed in viewer.feeds:
+            self._leave_feed(viewer, feed)
+        viewer.feeds = []
+        if viewer.presence:
+            for conversation_id, token in viewer.presence.items():
+                self.presence.leave(conversation_id, token)
+            viewer.presence = None
         self.unstarted.pop(viewer, None)
         self.users.discard(viewer)
+
+    def detach(self, viewer: Viewer, log_key: str) -> None:
+        """The viewer stops following one log (lost access to that conversation) and goes on with the others."""
+        for feed in [f for f in viewer.feeds if f.conversation_id == log_key]:
+            viewer.feeds.remove(feed)
+            self._leave_feed(viewer, feed)
+        if viewer.presence and (token := viewer.presence.pop(log_key, None)) is not None:
+            self.presence.leave(log_key, token)
+
+    def _leave_feed(self, viewer: Viewer, feed: Feed) -> None:
+        feed.viewers.discard(viewer)
         if not feed.viewers and feed.linger is None:
             feed.linger = asyncio.get_running_loop().call_later(
                 FEED_LINGER_SECONDS, lambda: self.spawn(self._close_if_idle(feed))
@@ -373,10 +434,19 @@ class Hub:
                         viewer.put_marker(HEARTBEAT)
             if now >= next_refresh:
                 next_refresh = now + heartbeat
-                slots = [v.slot for feed in list(self.feeds.values()) for v in feed.viewers if v.slot is not None]
+                # A set: a viewer of several logs is in several feeds.
+                slots = list({v.slot for feed in list(self.feeds.values()) for v in feed.viewers if v.slot is not None})
+                presence = self.presence.entries()
                 try:
-                    # Every stream's slot in one round trip, not one per viewer.
-                    await self.log.stream_refresh_many(slots, ttl=stream_slot_ttl(heartbeat))
+                    # Every stream's slot and every viewed conversation's presence in one round trip.
+                    self.presence.announced(
+                        await self.log.refresh_many(
+                            slots,
+                            slot_ttl=stream_slot_ttl(heartbeat),
+                            presence=presence,
+                            presence_ttl=self.presence.ttl,
+                        )
+                    )
                 except Exception as exc:
                     logger.warning("fan-out: refreshing %d stream slots failed (%s)", len(slots), exc)
             for viewer in [v for v, deadline in self.unstarted.items() if deadline <= now]:
@@ -523,3 +593,19 @@ async def publish(
     if hub is not None:
         hub.dispatch(conversation_id, event)
     return event, lost
+
+
+async def publish_to_users(items: list[tuple]) -> list[Event]:
+    """Log ``(user_id, event_type, data)`` items on those users' own logs and deliver them to this process's viewers.
+
+    One round trip to the store however many users (a fan-out on write to a
+    conversation's owner and members, who are few).
+    """
+    events = await get_event_log().append_many(
+        [(user_log_key(user_id), event_type, data) for user_id, event_type, data in items]
+    )
+    hub = _hubs.get(asyncio.get_running_loop())
+    if hub is not None:
+        for event in events:
+            hub.dispatch(event.log_key, event)
+    return events

@@ -217,6 +217,13 @@ def session_user(*, session_key: str | None):
     return user if user.is_authenticated else None
 
 
+def _stream_user(session_key: str | None):
+    """The active user a stream's credential (a session key, or ``token:<id>``) stands for now, or None."""
+    if session_key and session_key.startswith(API_TOKEN_CREDENTIAL_PREFIX):
+        return api_token_user(token_id=session_key.removeprefix(API_TOKEN_CREDENTIAL_PREFIX))
+    return session_user(session_key=session_key)
+
+
 def stream_access_lost(*, session_key: str | None, user_id, conversation_id=None) -> str | None:
     """Why an event stream opened by ``user_id`` with ``session_key`` must end now, or None if it may go on.
 
@@ -226,10 +233,7 @@ def stream_access_lost(*, session_key: str | None, user_id, conversation_id=None
     token is no longer valid), deleted, or removed (the one visibility rule
     says no). 2 to 4 queries.
     """
-    if session_key and session_key.startswith(API_TOKEN_CREDENTIAL_PREFIX):
-        user = api_token_user(token_id=session_key.removeprefix(API_TOKEN_CREDENTIAL_PREFIX))
-    else:
-        user = session_user(session_key=session_key)
+    user = _stream_user(session_key)
     if user is None or user.pk != user_id:
         return REVOKED_SIGNED_OUT
     if conversation_id is None or conversation_is_visible(user=user, conversation_id=conversation_id):
@@ -240,6 +244,38 @@ def stream_access_lost(*, session_key: str | None, user_id, conversation_id=None
 
 
 astream_access_lost = adb(stream_access_lost)
+
+
+def stream_access_lost_many(*, session_key: str | None, user_id, conversation_ids) -> tuple[str | None, dict]:
+    """For a stream following several conversations: why it must end (None: it may go on), and per conversation
+    it may no longer read, its ``access.revoked`` reason.
+
+    The one visibility rule decides; a conversation not visible is
+    ``deleted`` when it is kept deleted and the user owns it or was a member,
+    else ``removed``: a listed id never tells whether someone else's
+    conversation exists. 2 to 4 queries.
+    """
+    user = _stream_user(session_key)
+    if user is None or user.pk != user_id:
+        return REVOKED_SIGNED_OUT, {}
+    ids = [str(conversation_id) for conversation_id in conversation_ids]
+    if not ids:
+        return None, {}
+    visible = {
+        str(pk) for pk in conversation_queryset_for_user(user=user).filter(pk__in=ids).values_list("pk", flat=True)
+    }
+    missing = [conversation_id for conversation_id in ids if conversation_id not in visible]
+    if not missing:
+        return None, {}
+    membership = Conversation.members.through.objects.filter(conversation_id=OuterRef("pk"), user_id=user.pk)
+    deleted = Conversation.objects.filter(pk__in=missing, deleted_at__isnull=False).filter(
+        Q(owner_id=user.pk) | Exists(membership)
+    )
+    deleted = {str(pk) for pk in deleted.values_list("pk", flat=True)}
+    return None, {c: REVOKED_DELETED if c in deleted else REVOKED_REMOVED for c in missing}
+
+
+astream_access_lost_many = adb(stream_access_lost_many)
 
 
 def api_token_hash(secret: str) -> str:

@@ -54,24 +54,46 @@ def _require_owner(*, conversation, user):
         raise Forbidden("Only the conversation's owner can do this.", code="owner_only")
 
 
-def _conversation_changed(*, conversation, user) -> Conversation:
+def _conversation_changed(*, conversation, user, added=(), removed=()) -> Conversation:
     """The conversation as it now stands (owner and members loaded), read through ``user``'s visibility.
 
     Emits ``conversation.updated`` with it after the commit; the event also
-    makes a removed member's open streams re-check their access and end.
+    makes a removed member's open streams re-check their access and end. On
+    the people's own streams: ``conversation.added`` to ``added`` (user ids),
+    ``conversation.removed`` to ``removed``, ``conversation.updated`` to the others.
     """
     conversation = conversation_get_for_user(user=user, conversation_id=conversation.pk)
     body = conversation_to_dict(conversation)
-    transaction.on_commit(lambda: publish.conversation_updated(conversation=body))
+    people = _people(conversation)
+    transaction.on_commit(
+        lambda: publish.conversation_updated(conversation=body, user_ids=people, added=added, removed=removed)
+    )
     return conversation
 
 
+def _people(conversation) -> list:
+    """The ids of who sees ``conversation``: its owner and members (prefetched members are not queried again)."""
+    return [conversation.owner_id, *(member.pk for member in conversation.members.all())]
+
+
+def _conversation_touched(*, conversation, at) -> None:
+    """After the commit, ``conversation.updated`` with ``updated_at`` = ``at`` on its people's own streams."""
+    conversation.updated_at = at
+    body = conversation_to_dict(conversation)
+    people = _people(conversation)
+    transaction.on_commit(lambda: publish.conversation_touched(conversation=body, user_ids=people))
+
+
 def conversation_create(*, owner, title: str = "", model: str, system_prompt: str = "") -> Conversation:
-    """Create a conversation owned by ``owner``; no members yet."""
+    """Create a conversation owned by ``owner``; no members yet. Emits ``conversation.added`` on the owner's own
+    stream after the commit (their other tabs list it)."""
     now = timezone.now()
-    return Conversation.objects.create(
+    conversation = Conversation.objects.create(
         owner=owner, title=title, model=model, system_prompt=system_prompt, created_at=now, updated_at=now
     )
+    body = conversation_to_dict(conversation)
+    transaction.on_commit(lambda: publish.conversation_added(conversation=body, user_ids=[owner.pk]))
+    return conversation
 
 
 @transaction.atomic
@@ -96,14 +118,15 @@ def conversation_delete(*, conversation, user) -> None:
     it from the owner and every member, while the row and its messages stay
     for CHAT_DELETED_RETENTION_DAYS (admins may restore it) and, under a
     legal hold, until it is released. Emits ``conversation.deleted`` after
-    the commit, so open streams end.
+    the commit, so open streams end, and ``conversation.removed`` on the
+    owner's and every member's own stream.
     """
     _require_owner(conversation=conversation, user=user)
     now = timezone.now()
     Conversation.objects.filter(pk=conversation.pk, deleted_at__isnull=True).update(deleted_at=now, deleted_by=user)
     conversation.deleted_at, conversation.deleted_by = now, user
-    conversation_id = conversation.pk
-    transaction.on_commit(lambda: publish.conversation_deleted(conversation_id=conversation_id))
+    conversation_id, people = conversation.pk, _people(conversation)
+    transaction.on_commit(lambda: publish.conversation_deleted(conversation_id=conversation_id, user_ids=people))
 
 
 @transaction.atomic
@@ -135,7 +158,7 @@ def conversation_member_add(*, conversation, user, username: str) -> Conversatio
     conversation.members.add(member)
     conversation.updated_at = timezone.now()
     conversation.save(update_fields=["updated_at"])
-    return _conversation_changed(conversation=conversation, user=user)
+    return _conversation_changed(conversation=conversation, user=user, added=(member.pk,))
 
 
 @transaction.atomic
@@ -152,7 +175,7 @@ def conversation_member_remove(*, conversation, user, username: str) -> Conversa
     conversation.members.remove(member)
     conversation.updated_at = timezone.now()
     conversation.save(update_fields=["updated_at"])
-    return _conversation_changed(conversation=conversation, user=user)
+    return _conversation_changed(conversation=conversation, user=user, removed=(member.pk,))
 
 
 @transaction.atomic
@@ -162,12 +185,16 @@ def conversation_restore(*, conversation, admin, request=None) -> None:
     Clears ``deleted_at`` / ``deleted_by`` and bumps ``updated_at`` (so the
     inactivity rule counts from the restore); writes a
     ``conversation_restored`` audit row. Raises InvalidInput if it is not
-    deleted. Restorable while it is kept, i.e. until a purge takes it.
+    deleted. Restorable while it is kept, i.e. until a purge takes it. Emits
+    ``conversation.added`` on the owner's and members' own streams after the commit.
     """
     if not Conversation.objects.filter(pk=conversation.pk, deleted_at__isnull=False).update(
         deleted_at=None, deleted_by=None, updated_at=timezone.now()
     ):
         raise InvalidInput(f"{conversation} is not deleted.", code="not_deleted")
+    restored = Conversation.objects.select_related("owner").prefetch_related("members").get(pk=conversation.pk)
+    body, people = conversation_to_dict(restored), _people(restored)
+    transaction.on_commit(lambda: publish.conversation_added(conversation=body, user_ids=people))
     audit_record(
         actor=admin,
         action=AuditEntry.Action.CONVERSATION_RESTORED,
@@ -424,6 +451,7 @@ def message_submit(
                 created_at=now + timedelta(microseconds=1),
             )
             Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+            _conversation_touched(conversation=conversation, at=now)
             _idempotency_record(
                 author=author,
                 key=idempotency_key,
@@ -476,6 +504,7 @@ def message_regenerate(
                 created_at=now,
             )
             Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+            _conversation_touched(conversation=conversation, at=now)
             # The record's user message is the one regenerated under: a repeat answers this reply.
             _idempotency_record(
                 author=requester,

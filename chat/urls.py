@@ -19,6 +19,7 @@ urlpatterns = [
     path("api/conversations/<str:conversation_id>/messages/<str:message_id>/stop/", api.message_stop),
     path("api/conversations/<str:conversation_id>/messages/<str:message_id>/regenerate/", api.message_regenerate),
     path("api/conversations/<str:conversation_id>/events/", eventstreams.events),
+    path("api/events/", eventstreams.user_events),
     path("api/users/", api.users),
     path("api/tokens/", api.tokens),
     path("api/tokens/<str:token_id>/", api.token_detail),

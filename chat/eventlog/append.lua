@@ -1,25 +1,12 @@
--- Append one event to a conversation's log, update its streaming message's state, publish it live.
+-- Append one event to a log (log.lua), update its streaming message's state.
 -- KEYS: stream, tail, streaming set, state hash, content, reasoning
 -- ARGV: 1 type, 2 data, 3 retention_ms, 4 key_ttl_ms, 5 op, 6 change's message id, 7 seq, 8 content,
 --       9 reasoning, 10 message JSON, 11 event's message id ('' none), 12 final ('1' or ''),
 --       13 live channel, 14 publisher's origin
 -- Returns {id, prev, lost}: lost = 1 when a delta found no state for its message.
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local prev = redis.call('GET', KEYS[2]) or '0-0'
-local fields = {'t', ARGV[1], 'd', ARGV[2], 'p', prev}
-if ARGV[11] ~= '' then
-  table.insert(fields, 'm')
-  table.insert(fields, ARGV[11])
-end
-if ARGV[12] == '1' then
-  table.insert(fields, 'f')
-  table.insert(fields, '1')
-end
-local id = redis.call('XADD', KEYS[1], 'MINID', '~', tostring(now_ms - tonumber(ARGV[3])), '*', unpack(fields))
 local ttl = tonumber(ARGV[4])
-redis.call('SET', KEYS[2], id, 'PX', ttl)
-redis.call('PEXPIRE', KEYS[1], ttl)
+local id, prev = log_append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), ttl, ARGV[11], ARGV[12],
+                            ARGV[13], ARGV[14])
 local op = ARGV[5]
 local lost = 0
 if op == 'start' or op == 'seed' then
@@ -42,8 +29,4 @@ elseif op == 'end' then
   redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
   redis.call('SREM', KEYS[3], ARGV[6])
 end
--- The live copy: origin, id, prev, type, message id, final, then the data (which may hold anything).
-redis.call('PUBLISH', ARGV[13],
-           ARGV[14] .. '\n' .. id .. '\n' .. prev .. '\n' .. ARGV[1] .. '\n' .. ARGV[11] .. '\n' .. ARGV[12]
-           .. '\n' .. ARGV[2])
 return {id, prev, lost}

@@ -89,6 +89,14 @@ class EventLog:
         """
         raise NotImplementedError
 
+    async def append_many(self, items: list[tuple[str, str, str]]) -> list[Event]:
+        """Log ``(log_key, event_type, data)`` items (no state change, no message), each published like ``append``.
+
+        The Redis log sends them in one round trip: a fan-out on write to a
+        few users' own logs costs one hop, not one per user.
+        """
+        return [(await self.append(key, event_type, data))[0] for key, event_type, data in items]
+
     def live(self, deliver: Deliver, resume: Callable[[], None]) -> LiveEvents:
         """The running event loop's subscription to live events (see ``LiveEvents``)."""
         raise NotImplementedError
@@ -181,3 +189,33 @@ class EventLog:
 
     async def stream_close(self, user_id, token: str) -> None:
         raise NotImplementedError
+
+    # Who views each conversation, counted across processes (chat.presence).
+    async def presence_enter(self, conversation_id: str, member: str, *, ttl: float) -> list[str]:
+        """Add ``member`` (a 32-character token + username) for ``ttl`` s; the viewers now, sorted, each once."""
+        raise NotImplementedError
+
+    async def presence_leave(self, conversation_id: str, member: str) -> None:
+        raise NotImplementedError
+
+    async def presence_announce(self, conversation_id: str, members: list[str], *, ttl: float) -> Event | None:
+        """Keep ``members`` for ``ttl`` s more, drop expired ones, and log a ``presence`` event if the viewers changed.
+
+        Compare-and-append in one atomic step: the event is appended only when
+        the viewers differ from the last ones announced (by any process), so
+        announcements are ordered and never repeat. Returns the event, or None.
+        """
+        raise NotImplementedError
+
+    async def refresh_many(
+        self, slots: list[tuple], *, slot_ttl: float, presence: list[tuple[str, list[str]]] = (), presence_ttl=0.0
+    ) -> list[Event]:
+        """The process's heartbeat round: ``stream_refresh_many(slots)`` and ``presence_announce`` per
+        ``(conversation_id, members)``; the presence events appended. The Redis log: one round trip."""
+        await self.stream_refresh_many(slots, ttl=slot_ttl)
+        events = []
+        for conversation_id, members in presence:
+            event = await self.presence_announce(conversation_id, members, ttl=presence_ttl)
+            if event is not None:
+                events.append(event)
+        return events

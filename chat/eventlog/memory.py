@@ -8,7 +8,7 @@ from collections import deque
 
 from django.conf import settings
 
-from ..events import Event, parse_id
+from ..events import PRESENCE, Event, dumps, parse_id
 from .base import ZERO, EventLog, LiveEvents, StreamingState
 
 
@@ -23,6 +23,9 @@ class MemoryEventLog(EventLog):
         self._leases: dict[str, float] = {}
         self._locks: dict[str, float] = {}
         self._streams = _MemoryStreams()
+        # conversation -> member -> expiry (monotonic), and the viewers last announced.
+        self._presence: dict[str, dict[str, float]] = {}
+        self._announced: dict[str, list[str]] = {}
         self._live: set[_MemoryLive] = set()
         self._last_ms = 0
         self._n = 0
@@ -38,7 +41,7 @@ class MemoryEventLog(EventLog):
 
     async def append(self, conversation_id, event_type, data, change=None, *, message_id=None, final=False):
         prev = self._tails.get(conversation_id, ZERO)
-        event = Event(self._next_id(), event_type, data, prev, message_id, final)
+        event = Event(self._next_id(), event_type, data, prev, message_id, final, conversation_id)
         now = time.monotonic()
         log = self._events.setdefault(conversation_id, deque())
         log.append((now, event))
@@ -149,6 +152,32 @@ class MemoryEventLog(EventLog):
 
     async def stream_close(self, user_id, token):
         self._streams.live(user_id).pop(token, None)
+
+    def _viewers(self, conversation_id) -> list[str]:
+        members = self._presence.get(conversation_id, {})
+        now = time.monotonic()
+        for member in [m for m, expiry in members.items() if expiry <= now]:
+            del members[member]
+        return sorted({member[32:] for member in members})
+
+    async def presence_enter(self, conversation_id, member, *, ttl):
+        self._presence.setdefault(conversation_id, {})[member] = time.monotonic() + ttl
+        return self._viewers(conversation_id)
+
+    async def presence_leave(self, conversation_id, member):
+        self._presence.get(conversation_id, {}).pop(member, None)
+
+    async def presence_announce(self, conversation_id, members, *, ttl):
+        entries = self._presence.get(conversation_id, {})
+        expiry = time.monotonic() + ttl
+        for member in members:
+            if member in entries:
+                entries[member] = expiry
+        viewers = self._viewers(conversation_id)
+        if viewers == self._announced.get(conversation_id, []):
+            return None
+        self._announced[conversation_id] = viewers
+        return (await self.append(conversation_id, PRESENCE, dumps({"viewers": viewers})))[0]
 
 
 class _MemoryLive(LiveEvents):

@@ -13,13 +13,16 @@ from django.conf import settings
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 
-from ..events import Event
+from ..events import PRESENCE, Event
 from .base import KEY_TTL_MS, ZERO, EventLog, LiveEvents, StreamingState
 
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-_APPEND = (_HERE / "append.lua").read_text()
+# log.lua defines the append that append.lua and presence.lua share.
+_LOG = (_HERE / "log.lua").read_text()
+_APPEND = _LOG + (_HERE / "append.lua").read_text()
+_PRESENCE = _LOG + (_HERE / "presence.lua").read_text()
 _CUT = (_HERE / "cut.lua").read_text()
 _STREAM_OPEN = (_HERE / "stream_open.lua").read_text()
 
@@ -48,6 +51,7 @@ class RedisEventLog(EventLog):
             client._append = client.register_script(_APPEND)
             client._cut = client.register_script(_CUT)
             client._stream_open = client.register_script(_STREAM_OPEN)
+            client._presence = client.register_script(_PRESENCE)
             # Names this loop's own publications, which its subscription skips (see append).
             client._origin = uuid.uuid4().hex[:16]
             self._clients[loop] = client
@@ -64,17 +68,34 @@ class RedisEventLog(EventLog):
         base = f"{self.prefix}msg:{message_id}"
         return f"{base}:state", f"{base}:content", f"{base}:reasoning"
 
-    async def append(self, conversation_id, event_type, data, change=None, *, message_id=None, final=False):
+    def _append_call(self, client, conversation_id, event_type, data, change=None, message_id=None, final=False):
         keys = [*self._conv_keys(conversation_id), *self._msg_keys(change.message_id if change else "none")]
         args = [event_type, data, settings.CHAT_EVENT_RETENTION_SECONDS * 1000, KEY_TTL_MS]
         if change is None:
             args += ["", "", 0, "", "", ""]
         else:
             args += [change.op, change.message_id, change.seq, change.content, change.reasoning, change.message]
-        client = self.redis
-        args += [message_id or "", "1" if final else "", self._live_channel(conversation_id), client._origin]
-        event_id, prev, lost = await client._append(keys=keys, args=args, client=client)
-        return Event(event_id, event_type, data, prev, message_id, final), bool(lost)
+        own = self.redis  # this loop's client, whose scripts a pipeline of it runs too
+        args += [message_id or "", "1" if final else "", self._live_channel(conversation_id), own._origin]
+        return own._append(keys=keys, args=args, client=client)
+
+    async def append(self, conversation_id, event_type, data, change=None, *, message_id=None, final=False):
+        event_id, prev, lost = await self._append_call(
+            self.redis, conversation_id, event_type, data, change, message_id, final
+        )
+        return Event(event_id, event_type, data, prev, message_id, final, conversation_id), bool(lost)
+
+    async def append_many(self, items):
+        if not items:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, event_type, data in items:
+                await self._append_call(pipe, key, event_type, data)
+            results = await pipe.execute()
+        return [
+            Event(event_id, event_type, data, prev, None, False, key)
+            for (key, event_type, data), (event_id, prev, _) in zip(items, results, strict=True)
+        ]
 
     def live(self, deliver, resume):
         return _RedisLive(self, self.redis, deliver, resume)
@@ -106,7 +127,8 @@ class RedisEventLog(EventLog):
     async def _range_after(self, conversation_id, after_id, count):
         rows = await self.redis.xrange(self._conv_keys(conversation_id)[0], min=f"({after_id}", count=count)
         return [
-            Event(entry_id, f["t"], f["d"], f.get("p", ZERO), f.get("m"), f.get("f") == "1") for entry_id, f in rows
+            Event(entry_id, f["t"], f["d"], f.get("p", ZERO), f.get("m"), f.get("f") == "1", conversation_id)
+            for entry_id, f in rows
         ]
 
     async def request_stop(self, message_id):
@@ -150,19 +172,52 @@ class RedisEventLog(EventLog):
             await pipe.execute()
 
     async def stream_refresh_many(self, slots, *, ttl):
-        if not slots:
-            return
-        ttl_ms = int(ttl * 1000)
+        await self.refresh_many(slots, slot_ttl=ttl)
+
+    async def stream_close(self, user_id, token):
+        await self.redis.zrem(self._streams_key(user_id), token)
+
+    def _presence_call(self, client, op, conversation_id, members, ttl):
+        base = f"{self.prefix}conv:{conversation_id}:presence"
+        stream, tail, _ = self._conv_keys(conversation_id)
+        args = [op, int(ttl * 1000), KEY_TTL_MS, settings.CHAT_EVENT_RETENTION_SECONDS * 1000]
+        own = self.redis
+        args += [self._live_channel(conversation_id), own._origin, PRESENCE, *members]
+        return own._presence(keys=[base, f"{base}:announced", stream, tail], args=args, client=client)
+
+    @staticmethod
+    def _announced(conversation_id, result) -> Event | None:
+        if not result:
+            return None
+        event_id, prev, data = result
+        return Event(event_id, PRESENCE, data, prev, None, False, conversation_id)
+
+    async def presence_enter(self, conversation_id, member, *, ttl):
+        return await self._presence_call(self.redis, "enter", conversation_id, [member], ttl)
+
+    async def presence_leave(self, conversation_id, member):
+        await self.redis.zrem(f"{self.prefix}conv:{conversation_id}:presence", member)
+
+    async def presence_announce(self, conversation_id, members, *, ttl):
+        result = await self._presence_call(self.redis, "announce", conversation_id, members, ttl)
+        return self._announced(conversation_id, result)
+
+    async def refresh_many(self, slots, *, slot_ttl, presence=(), presence_ttl=0.0):
+        if not slots and not presence:
+            return []
+        ttl_ms = int(slot_ttl * 1000)
         expiry = int(time.time() * 1000) + ttl_ms
         async with self.redis.pipeline(transaction=False) as pipe:
             for user_id, token in slots:
                 key = self._streams_key(user_id)
                 pipe.zadd(key, {token: expiry}, xx=True)
                 pipe.pexpire(key, ttl_ms)
-            await pipe.execute()
-
-    async def stream_close(self, user_id, token):
-        await self.redis.zrem(self._streams_key(user_id), token)
+            for conversation_id, members in presence:
+                await self._presence_call(pipe, "announce", conversation_id, members, presence_ttl)
+            results = await pipe.execute()
+        announced = results[2 * len(slots) :]
+        events = [self._announced(cid, result) for (cid, _), result in zip(presence, announced, strict=True)]
+        return [event for event in events if event is not None]
 
 
 class _PubSub(PubSub):
@@ -191,9 +246,12 @@ class _RedisLive(LiveEvents):
         self.origin = client._origin
         self.channel_prefix = log._live_channel("")[: -len(":live")]
         self.task: asyncio.Task | None = None
+        self.lock = asyncio.Lock()
 
     async def subscribe(self, conversation_id):
-        await self.pubsub.subscribe(self.log._live_channel(conversation_id))
+        # One at a time: two first subscriptions at once would both wait for the one connection.
+        async with self.lock:
+            await self.pubsub.subscribe(self.log._live_channel(conversation_id))
         if self.task is None:
             self.task = asyncio.create_task(self._run(), name="event log subscription")
 
@@ -231,6 +289,7 @@ class _RedisLive(LiveEvents):
                 continue
             conversation_id = message["channel"][start : -len(":live")]
             try:
-                self.deliver(conversation_id, Event(event_id, event_type, data, prev, message_id or None, final == "1"))
+                event = Event(event_id, event_type, data, prev, message_id or None, final == "1", conversation_id)
+                self.deliver(conversation_id, event)
             except Exception:
                 logger.exception("event log subscription: delivery to %s failed", conversation_id)
