@@ -101,6 +101,7 @@ export const urls = {
   regenerate: (id, mid) => `/api/conversations/${encodeURIComponent(id)}/messages/${encodeURIComponent(mid)}/regenerate/`,
   stop: (id, mid) => `/api/conversations/${encodeURIComponent(id)}/messages/${encodeURIComponent(mid)}/stop/`,
   events: (id) => `/api/conversations/${encodeURIComponent(id)}/events/`,
+  userEvents: () => "/api/events/",
   users: (prefix) => `/api/users/?q=${encodeURIComponent(prefix)}`,
   page: (id) => (id ? `/c/${encodeURIComponent(id)}/` : "/"),
 };

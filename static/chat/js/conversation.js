@@ -10,18 +10,20 @@
 // seq <= that is a repeat and is ignored; a snapshot replaces the content and
 // sets seq; a final event replaces the whole message. A streaming message
 // known only from the REST API (its content is a checkpoint, its seq unknown)
-// waits for the stream's snapshot before applying deltas.
+// waits for the stream's snapshot before applying deltas (when the browser's
+// stream already carried this conversation for another tab, it asks for one).
 
 import { api, urls } from "./api.js";
 import { EVENTS, FINAL_STATUSES, FINAL_TYPES } from "./events.js";
-import { ConversationStream } from "./stream.js";
+import { live } from "./live.js";
 
 export class OpenConversation {
   /**
    * @param {object} conversation the API's conversation, with ``messages``
    * @param {import("./messages.js").Transcript} transcript
    * @param {{onConversationUpdated: Function, onStreamingChange: Function, onConnection: Function,
-   *   onNewBranch: (message: object|null) => void, onMyReplyEnded: (message: object) => void}} hooks
+   *   onNewBranch: (message: object|null) => void, onMyReplyEnded: (message: object) => void,
+   *   onPresence: (viewers: string[]) => void}} hooks
    */
   constructor(conversation, transcript, hooks) {
     this.id = conversation.id;
@@ -43,12 +45,12 @@ export class OpenConversation {
     transcript.clear();
     this.merge(conversation.messages || []);
     this.layout();
-    this.stream = new ConversationStream(this.id, {
+    this.freshConnect = true;
+    this.askedForSnapshots = false;
+    this.stream = live.watch(this.id, {
       onEvent: (type, data) => this.applyEvent(type, data),
       onState: (state) => this.connectionChanged(state),
     });
-    this.freshConnect = true;
-    this.stream.start();
   }
 
   close() {
@@ -268,6 +270,10 @@ export class OpenConversation {
       this.resync();
       return;
     }
+    if (type === EVENTS.PRESENCE) {
+      this.hooks.onPresence(Array.isArray(data.viewers) ? data.viewers : []);
+      return;
+    }
     if (type === EVENTS.MESSAGE_DELTA) {
       this.applyDelta(data);
       return;
@@ -301,6 +307,7 @@ export class OpenConversation {
     if (!state) {
       this.add(message, seq);
     } else if (state.seq !== Infinity && (state.seq === null || seq >= state.seq)) {
+      this.askedForSnapshots = false;
       state.message = { ...state.message, ...message };
       state.seq = seq;
       this.changed(state);
@@ -314,7 +321,15 @@ export class OpenConversation {
       this.reload();
       return;
     }
-    if (state.seq === null || state.seq === Infinity || delta.seq <= state.seq) return;
+    if (state.seq === null) {
+      // Known from the REST API only, and the stream (shared with another tab) sent no snapshot of it: ask.
+      if (!this.askedForSnapshots) {
+        this.askedForSnapshots = true;
+        this.stream.restartFresh();
+      }
+      return;
+    }
+    if (state.seq === Infinity || delta.seq <= state.seq) return;
     if (delta.seq !== state.seq + 1) {
       // A gap would lose text: start over from a snapshot.
       this.restartFromSnapshots();

@@ -6,6 +6,8 @@
 // forgotten in one hand-copied list.
 
 function read() {
+  // The shared worker (live-worker.js) has no page: live.js gives it the same JSON as its name.
+  if (typeof document === "undefined") return JSON.parse(self.name);
   const element = document.getElementById("chat-events");
   if (!element) throw new Error("The page has no #chat-events data (templates/chat/app.html).");
   return JSON.parse(element.textContent);

@@ -1,20 +1,27 @@
 // The chat app: reads the page's initial data, then runs the sidebar, the open conversation and the composer.
 //
 // Modules, bottom up: api (fetch + CSRF), markdown (markdown-it + DOMPurify),
-// stream (EventSource with resume), messages (the transcript's DOM),
-// conversation (message state from REST + events, the tree of branches),
-// search (sidebar search and the Ctrl/Cmd+K palette), sidebar, dialogs (the
-// share dialog's people picker too), menus (close on a click elsewhere), and
-// this file, which wires them to the page: the composer, the keyboard
-// shortcuts (? lists them), the user menu's usage today, the notices.
+// stream (the browser's one multiplexed EventSource, with resume), live (this
+// tab's share of it: through the shared worker live-worker.js, or its own),
+// messages (the transcript's DOM), conversation (message state from REST +
+// events, the tree of branches), search (sidebar search and the Ctrl/Cmd+K
+// palette), sidebar, presence (who else is here), toasts, dialogs (the share
+// dialog's people picker too), menus (close on a click elsewhere), and this
+// file, which wires them to the page: the user's own events (the sidebar, a
+// toast when someone shares), the composer, the keyboard shortcuts (? lists
+// them), the user menu's usage today, the notices.
 
 import { api, ApiError, retryAfterSeconds, urls } from "./api.js";
 import { OpenConversation } from "./conversation.js";
 import { setUpDialogs } from "./dialogs.js";
+import { EVENTS } from "./events.js";
+import { live } from "./live.js";
 import "./menus.js";
 import { Transcript } from "./messages.js";
+import { renderPresence } from "./presence.js";
 import { SearchPalette } from "./search.js";
 import { displayTitle, Sidebar } from "./sidebar.js";
+import { Toasts } from "./toasts.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -25,6 +32,7 @@ const CONNECTION_TEXT = {
   removed: "You were removed from this conversation: it is no longer shared with you.",
   deleted: "This conversation was deleted by its owner.",
   "signed-out": "You were signed out. Sign in again to go on.",
+  waiting: "Too many conversations are open in this browser to follow this one live: close a tab, then reload.",
 };
 // The states in which this conversation is over for this viewer: the stream will not come back.
 const ENDED = new Set(["gone", "removed", "deleted", "signed-out"]);
@@ -106,6 +114,7 @@ class App {
         filter: $("conversation-filter"),
         empty: $("conversation-list-empty"),
         noMatch: $("conversation-list-nomatch"),
+        toggle: $("sidebar-toggle"),
       },
       { currentUser: this.currentUser, onSelect: (id, messageId) => this.select(id, { push: true, messageId }) },
     );
@@ -146,10 +155,45 @@ class App {
     window.addEventListener("chat:unauthenticated", () => {
       window.location.assign(`/accounts/login/?next=${encodeURIComponent(window.location.pathname)}`);
     });
-    // Conversations shared with me appear without a reload.
-    window.addEventListener("focus", () => this.refreshList());
-    setInterval(() => this.refreshList(), 30000);
+    // Conversations shared with me appear at once: the user's own event stream (contract v2).
+    this.toasts = new Toasts($("toasts"));
+    this.streamState = null;
+    live.user({
+      onEvent: (type, data) => this.userEvent(type, data),
+      onState: (state) => this.userStreamState(state),
+    });
     this.refreshModels();
+  }
+
+  // --- the user's own events ------------------------------------------------------
+
+  userEvent(type, data) {
+    if (type === EVENTS.CONVERSATION_ADDED) {
+      this.sidebar.upsert(data, { markNews: true });
+      if (!this.conversation) this.showWelcome();
+      if (data.owner !== this.currentUser) {
+        this.toasts.show(`${data.owner} shared ‘${displayTitle(data)}’ with you`, {
+          label: "Open",
+          run: () => this.select(data.id, { push: true }),
+        });
+      }
+    } else if (type === EVENTS.CONVERSATION_REMOVED) {
+      // The open one keeps its page: its own part of the stream says why (removed or deleted).
+      if (this.conversation && this.conversation.id === data.id) return;
+      this.sidebar.remove(data.id);
+    } else if (type === EVENTS.CONVERSATION_UPDATED) {
+      this.conversationUpdated(data, { markNews: true });
+    } else if (type === EVENTS.RESYNC) {
+      this.refreshList();
+    }
+  }
+
+  /** After each (re)connection the list is read once more: what happened while disconnected shows. */
+  userStreamState(state) {
+    const before = this.streamState;
+    this.streamState = state;
+    if (state === "open" && before !== "open") this.refreshList();
+    if (state === "signed-out" && !this.conversation) this.toasts.show(CONNECTION_TEXT["signed-out"]);
   }
 
   // --- shell ----------------------------------------------------------------
@@ -217,7 +261,7 @@ class App {
   async refreshList() {
     try {
       const { conversations } = await api("GET", urls.conversations());
-      this.sidebar.setConversations(conversations);
+      this.sidebar.setConversations(conversations, { markNews: true });
       if (!this.conversation) this.showWelcome();
     } catch {
       // The next refresh tries again; the open conversation has its own stream.
@@ -377,7 +421,9 @@ class App {
     this.renderSettings({ force: true });
     this.setStreaming(null);
     this.branchNotice(null);
+    renderPresence($("presence"), [], this.currentUser);
     this.open = new OpenConversation({ ...data, messages }, this.transcript, {
+      onPresence: (viewers) => renderPresence($("presence"), viewers, this.currentUser),
       onConversationUpdated: (c) => this.conversationUpdated(c),
       onStreamingChange: (id) => this.setStreaming(id),
       onConnection: (state) => this.connectionChanged(state),
@@ -396,9 +442,9 @@ class App {
     }
   }
 
-  conversationUpdated(conversation) {
+  conversationUpdated(conversation, { markNews = false } = {}) {
     const { messages, ...data } = conversation;
-    this.sidebar.upsert(data);
+    this.sidebar.upsert(data, { markNews });
     if (!this.conversation || this.conversation.id !== data.id) return;
     this.conversation = data;
     this.renderHeader();
@@ -439,6 +485,7 @@ class App {
   }
 
   connectionChanged(state) {
+    this.connectionState = state; // the open conversation's, for the tests and the bench
     const status = $("connection-status");
     // Once over, it stays over: a later "closed" or "reconnecting" must not replace the notice.
     if (this.ended) return;
@@ -454,6 +501,7 @@ class App {
       $("composer-input").disabled = true;
       this.showError("");
       this.setStreaming(null);
+      renderPresence($("presence"), [], this.currentUser);
       if (state !== "signed-out" && this.conversation) this.sidebar.remove(this.conversation.id);
     }
   }

@@ -1,5 +1,8 @@
 // The list of conversations (owned and shared), newest first; typing searches titles and message text.
 //
+// The user's event stream keeps it current (main.js): a conversation updated
+// while this tab is not showing it carries an unread mark until it is opened.
+//
 // Titles are filtered at once, here; the server's answer (titles and message
 // text, with a snippet) follows, debounced, and comes first in the list.
 
@@ -21,8 +24,9 @@ function relativeTime(iso) {
 }
 
 export class Sidebar {
-  constructor({ list, filter, empty, noMatch }, { currentUser, onSelect }) {
+  constructor({ list, filter, empty, noMatch, toggle }, { currentUser, onSelect }) {
     this.list = list;
+    this.toggle = toggle; // the phone's button for the list: it carries a mark while something is unread
     this.filter = filter;
     this.empty = empty;
     this.noMatch = noMatch;
@@ -30,6 +34,7 @@ export class Sidebar {
     this.onSelect = onSelect;
     this.conversations = [];
     this.activeId = null;
+    this.unread = new Set(); // conversations with news this tab has not shown
     this.drawn = false;
     this.found = null; // the server's results for ``foundQuery``
     this.foundQuery = "";
@@ -57,27 +62,39 @@ export class Sidebar {
     return this.conversations.length === 0;
   }
 
-  setConversations(conversations) {
-    // A periodic refresh that changes nothing must not redraw (and steal keyboard focus from) the list.
+  /** The list as the server has it now; with ``markNews``, what moved since this tab last knew gets a mark. */
+  setConversations(conversations, { markNews = false } = {}) {
+    if (markNews) for (const conversation of conversations) this.markIfNews(conversation);
+    // A refresh that changes nothing must not redraw (and steal keyboard focus from) the list.
     if (this.drawn && JSON.stringify(conversations) === JSON.stringify(this.conversations)) return;
     this.conversations = [...conversations];
     this.render();
   }
 
-  /** Add or replace one conversation; the list stays most recently updated first. */
-  upsert(conversation) {
+  /** Add or replace one conversation; the list stays most recently updated first. With ``markNews``, as above. */
+  upsert(conversation, { markNews = false } = {}) {
+    if (markNews) this.markIfNews(conversation);
     const others = this.conversations.filter((c) => c.id !== conversation.id);
     this.conversations = [conversation, ...others].sort((a, b) => (a.updated_at < b.updated_at ? 1 : -1));
     this.render();
   }
 
+  /** Mark ``conversation`` unread if it is new to this list or updated since, and not the one shown. */
+  markIfNews(conversation) {
+    if (conversation.id === this.activeId) return;
+    const known = this.conversations.find((c) => c.id === conversation.id);
+    if (!known || conversation.updated_at > known.updated_at) this.unread.add(conversation.id);
+  }
+
   remove(conversationId) {
     this.conversations = this.conversations.filter((c) => c.id !== conversationId);
+    this.unread.delete(conversationId);
     this.render();
   }
 
   setActive(conversationId) {
     this.activeId = conversationId;
+    this.unread.delete(conversationId);
     this.render();
   }
 
@@ -99,6 +116,17 @@ export class Sidebar {
       const title = document.createElement("span");
       title.className = "conversation-link-title";
       title.textContent = displayTitle(conversation);
+      if (this.unread.has(conversation.id)) {
+        link.classList.add("is-unread");
+        const mark = document.createElement("span");
+        mark.className = "unread-mark";
+        mark.title = "New activity";
+        const label = document.createElement("span");
+        label.className = "visually-hidden";
+        label.textContent = " (new activity)";
+        title.append(label);
+        title.prepend(mark);
+      }
       const meta = document.createElement("span");
       meta.className = "meta conversation-link-meta";
       const parts = [];
@@ -120,6 +148,10 @@ export class Sidebar {
       return item;
     });
     this.list.replaceChildren(...items);
+    if (this.toggle) {
+      this.toggle.classList.toggle("has-unread", this.unread.size > 0);
+      this.toggle.querySelector("#sidebar-toggle-news").hidden = this.unread.size === 0;
+    }
     this.empty.hidden = this.conversations.length > 0;
     this.noMatch.hidden = this.conversations.length === 0 || shown.length > 0;
   }
