@@ -246,16 +246,20 @@ class PageRecorder:
 def open_page(browser, live):
     """``open_page(username, **context_options)`` -> a logged-in Page (logged in through the form).
 
-    ``page.recorder`` holds what it did; every page is checked at teardown.
+    ``page.recorder`` holds what it did; every page is checked at teardown. ``shared_worker=False``: no
+    SharedWorker, so the tab holds its event stream itself and Playwright sees its requests (it does not
+    see a shared worker's).
     """
     contexts = []
 
-    def open_(username, *, path="/", **options):
+    def open_(username, *, path="/", shared_worker=True, **options):
         options.setdefault("viewport", {"width": 1280, "height": 800})
         # The first page of a user logs in through the form; later ones reuse its session cookie.
         session = live.sessions.get(username)
         context = browser.new_context(base_url=live.url, storage_state=session, **options)
         context.set_default_timeout(15_000)
+        if not shared_worker:
+            per_tab_streams(context)
         contexts.append(context)
         page = context.new_page()
         page.recorder = PageRecorder(page)
@@ -274,6 +278,11 @@ def open_page(browser, live):
         for page in context.pages:
             page.recorder.check()
         context.close()
+
+
+def per_tab_streams(context) -> None:
+    """No SharedWorker in this context's pages: each tab runs the event stream itself (live.js's fallback)."""
+    context.add_init_script("delete window.SharedWorker;")
 
 
 def log_in(page, username, password=PASSWORD):

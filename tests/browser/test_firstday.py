@@ -25,18 +25,10 @@ from tests.browser.conftest import (
     wait_ready,
     words,
 )
+from tests.browser.pages import DESKTOP, LOOKS, PHONE
 from tests.servers import PASSWORD, Stack
 
 pytestmark = pytest.mark.browser
-
-DESKTOP = {"viewport": {"width": 1400, "height": 900}}
-PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
-LOOKS = {
-    "desktop-light": {**DESKTOP, "color_scheme": "light"},
-    "desktop-dark": {**DESKTOP, "color_scheme": "dark"},
-    "phone-light": {**PHONE, "color_scheme": "light"},
-    "phone-dark": {**PHONE, "color_scheme": "dark"},
-}
 
 
 def shot(page, name):
