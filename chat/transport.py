@@ -53,7 +53,9 @@ class ClientConnection:
 def add_to_scope(scope: dict, protocol) -> None:
     """Put the ``ClientConnection`` of daphne's HTTP request ``protocol`` in ``scope``'s extensions.
 
-    Nothing is added when the request has no socket under it.
+    Also has the connection's socket send at once what is written while
+    nothing waits in its buffer (``write_directly``). Nothing is added when
+    the request has no socket under it.
     """
     from twisted.internet.abstract import FileDescriptor
 
@@ -63,7 +65,57 @@ def add_to_scope(scope: dict, protocol) -> None:
     while socket is not None and not isinstance(socket, FileDescriptor):
         socket = getattr(socket, "transport", None)
     if socket is not None:
+        write_directly(socket)
         scope.setdefault("extensions", {})[EXTENSION] = ClientConnection(transport, socket)
+
+
+def write_directly(socket) -> None:
+    """Have the Twisted connection ``socket`` send a write at once when nothing of its own is buffered.
+
+    Twisted buffers every write and asks the reactor to say when the socket is
+    writable: under the asyncio reactor that is a selector ``modify`` (and a
+    new ``SelectorKey``) to add the writer, one more pass of the event loop,
+    the send, and another ``modify`` to remove it; measured at about two
+    thirds of daphne's CPU per event written to a viewer. Sent at once, a
+    write that the kernel takes whole never touches the selector; the part it
+    does not take goes to Twisted's buffer as before, and so does everything
+    written while any of it waits there, so the order holds. Idempotent.
+    """
+    if getattr(socket, "_chat_writes_directly", False):
+        return
+    buffered_write = socket.write
+    raw = socket.socket
+
+    def send_now(data) -> int:
+        """How much of ``data`` the kernel took (0 if it took none or the connection broke: Twisted's path tells)."""
+        if (
+            not socket.connected
+            or socket.disconnecting
+            or socket._writeDisconnected
+            or socket._tempDataLen
+            or socket.offset < len(socket.dataBuffer)
+        ):
+            return 0
+        try:
+            return raw.send(data)
+        except OSError:
+            return 0
+
+    def write(data: bytes) -> None:
+        sent = send_now(data) if data else 0
+        if sent < len(data):
+            buffered_write(data[sent:] if sent else data)
+
+    def write_sequence(iovec) -> None:
+        if not iovec:
+            return
+        data = b"".join(iovec)
+        sent = send_now(data)
+        if sent < len(data):
+            buffered_write(data[sent:] if sent else data)
+
+    socket.write, socket.writeSequence = write, write_sequence
+    socket._chat_writes_directly = True
 
 
 class EventStreamResponse(StreamingHttpResponse):
