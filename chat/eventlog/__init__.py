@@ -7,6 +7,9 @@ before it (``prev``), so a reader can tell a complete sequence from one with
 a hole, and the log keeps the partial state of each streaming message so a
 late joiner gets an exact snapshot. Appending also publishes the event live
 to the processes that subscribed to its conversation (``EventLog.live``).
+A user's own log (key ``user.<pk>``: their conversation list's changes)
+sits next to the conversations', in the same structure; the log also keeps
+who views each conversation (``presence_*``, announced as logged events).
 """
 
 from __future__ import annotations

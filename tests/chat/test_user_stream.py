@@ -7,6 +7,7 @@ replies), and the zero-config deployment (SQLite, no Redis, one process).
 import itertools
 import uuid
 
+import httpx
 import pytest
 
 from tests.chat.test_access import login_with_cookies
@@ -342,6 +343,8 @@ def test_bad_lists_and_bad_vectors_are_refused(servers):
         assert response.status_code == 400, (path, response.text)
         assert error_code(response) == code, path
         assert response.json()["error"]["message"]
+    anonymous = httpx.get(f"http://127.0.0.1:{a}{USER_EVENTS}", timeout=5)
+    assert anonymous.status_code == 401 and error_code(anonymous) == "not_authenticated"
     # Sixteen is fine; an empty component means "no cursor".
     viewer = watch(client, f"{USER_EVENTS}?conversations={','.join(ids[:16])}", headers={"Last-Event-ID": "," * 16})
     eventually(lambda: len([e for e in viewer.events if e.type == "access.revoked"]) == 16, timeout=5)
