@@ -18,7 +18,7 @@ from . import models as chat_models
 from .db import adb
 from .errors import ChatError, Conflict, Forbidden, InvalidInput, NotFound
 from .eventstreams import ReplyStream, replay_stream
-from .generation import generation_start, generation_stop
+from .generation import generation_begin, generation_request, generation_stop
 from .http import (
     api_view,
     check_length,
@@ -208,7 +208,7 @@ REGENERATE_FIELDS = {"model": str}
 async def messages(request, conversation_id):
     accepted_at = time.monotonic()
     body = _deferred(_message_body, request, conversation_id)
-    post = await adb(_message_accept)(request, conversation_id, body, store=not wants_sse(request))
+    post = await adb(_message_accept)(request, conversation_id, body)
     return await _answer(request, post, accepted_at=accepted_at)
 
 
@@ -216,7 +216,7 @@ async def messages(request, conversation_id):
 async def message_regenerate(request, conversation_id, message_id):
     accepted_at = time.monotonic()
     body = _deferred(_regenerate_body, request, conversation_id, message_id)
-    post = await adb(_regenerate_accept)(request, conversation_id, message_id, body, store=not wants_sse(request))
+    post = await adb(_regenerate_accept)(request, conversation_id, message_id, body)
     return await _answer(request, post, accepted_at=accepted_at)
 
 
@@ -246,22 +246,24 @@ def _regenerate_body(request, conversation_id, message_id):
 
 @dataclass
 class _Post:
-    """A message post or regenerate that passed every check: stored (``stored``) or ready to be (``store``)."""
+    """A message post or regenerate that passed every check, ready to be stored (``store``) and answered."""
 
     user: object
     conversation: chat_models.Conversation
     limits: dict | None = None
     # The (user message or None, reply) of an earlier post with the same Idempotency-Key: nothing new is made.
     replay: tuple | None = None
-    # Stores the messages and reads the history: (user message or None, reply, history).
+    # The reply's model and what it is sent (read before anything is stored).
+    model: str = ""
+    history: list | None = None
+    # Stores the messages: (user message or None, reply).
     store: Callable | None = None
-    stored: tuple | None = None
 
 
-def _message_accept(request, conversation_id, body, *, store: bool) -> _Post:
-    """One database hop: authenticate, then the body's errors, the checks, and (``store``) storing both messages.
+def _message_accept(request, conversation_id, body) -> _Post:
+    """One database hop: authenticate, then the body's errors, the checks, and the history the model will get.
 
-    A streaming post stores in a second hop, after its stream is open (see _answer).
+    Stores nothing: ``_answer`` sends the upstream request, then stores.
     """
     user = request_user(request)
     if isinstance(body, ChatError):
@@ -270,16 +272,14 @@ def _message_accept(request, conversation_id, body, *, store: bool) -> _Post:
     conversation, model, limits, replay, parent = _message_checks(user, conversation_id, data, idempotency)
     if replay is not None:
         return _Post(user, conversation, replay=replay)
-    post = _Post(user, conversation, limits)
-    post.store = functools.partial(
-        _message_store, user, conversation, data["content"], model, limits, idempotency, parent
-    )
-    if store:
-        post.stored = post.store()
-    return post
+    if parent is services.LATEST:
+        parent = selectors.message_latest(conversation=conversation)
+    history = selectors.message_history_for_post(conversation=conversation, parent=parent, content=data["content"])
+    store = functools.partial(_message_store, user, conversation, data["content"], model, limits, idempotency, parent)
+    return _Post(user, conversation, limits, model=model, history=history, store=store)
 
 
-def _regenerate_accept(request, conversation_id, message_id, body, *, store: bool) -> _Post:
+def _regenerate_accept(request, conversation_id, message_id, body) -> _Post:
     """One database hop for a regenerate, as ``_message_accept``."""
     user = request_user(request)
     if isinstance(body, ChatError):
@@ -290,11 +290,10 @@ def _regenerate_accept(request, conversation_id, message_id, body, *, store: boo
     )
     if replay is not None:
         return _Post(user, conversation, replay=(None, replay))
-    post = _Post(user, conversation, limits)
-    post.store = functools.partial(_regenerate_store, user, conversation, reply, model, limits, idempotency)
-    if store:
-        post.stored = post.store()
-    return post
+    # The new reply is the old one's sibling: the same history.
+    history = selectors.message_history_for_generation(conversation=conversation, before_message=reply)
+    store = functools.partial(_regenerate_store, user, conversation, reply, model, limits, idempotency)
+    return _Post(user, conversation, limits, model=model, history=history, store=store)
 
 
 def _message_checks(user, conversation_id, data, idempotency):
@@ -314,8 +313,10 @@ def _message_checks(user, conversation_id, data, idempotency):
     if "parent" in data:
         parent = selectors.message_parent_for_post(conversation=conversation, parent_id=data["parent"])
     model = selectors.model_check_for_user(user=user, model_id=data.get("model") or conversation.model).id
-    selectors.message_allowance_check(user=user)
-    return conversation, model, selectors.user_limits(user=user), None, parent
+    limits = selectors.user_limits(user=user)
+    selectors.message_allowance_check(user=user, limits=limits)
+    selectors.message_post_check(conversation=conversation, author=user, per_minute=limits["messages_per_minute"])
+    return conversation, model, limits, None, parent
 
 
 def _regenerate_checks(user, conversation_id, message_id, data, idempotency):
@@ -344,12 +345,14 @@ def _regenerate_checks(user, conversation_id, message_id, data, idempotency):
     offered = {m.id for m in selectors.model_list_for_user(user=user)}
     model = data.get("model") or (reply.model if reply.model in offered else conversation.model)
     model = selectors.model_check_for_user(user=user, model_id=model).id
-    selectors.message_allowance_check(user=user)
-    return conversation, reply, model, selectors.user_limits(user=user), None
+    limits = selectors.user_limits(user=user)
+    selectors.message_allowance_check(user=user, limits=limits)
+    selectors.message_post_check(conversation=conversation, author=user, per_minute=limits["messages_per_minute"])
+    return conversation, reply, model, limits, None
 
 
 def _message_store(user, conversation, content, model, limits, idempotency, parent):
-    """Store both messages and read the history the model will get."""
+    """Store both messages: (user message, reply)."""
     key, request_hash = idempotency or (None, "")
     user_message, assistant_message = services.message_submit(
         conversation=conversation,
@@ -361,12 +364,11 @@ def _message_store(user, conversation, content, model, limits, idempotency, pare
         idempotency_key=key,
         request_hash=request_hash,
     )
-    history = selectors.message_history_for_generation(conversation=conversation, before_message=assistant_message)
-    return user_message, assistant_message, history
+    return user_message, assistant_message
 
 
 def _regenerate_store(user, conversation, reply, model, limits, idempotency):
-    """Store the new sibling reply and read the history the model will get."""
+    """Store the new sibling reply: (None, reply)."""
     key, request_hash = idempotency or (None, "")
     assistant_message = services.message_regenerate(
         conversation=conversation,
@@ -377,8 +379,7 @@ def _regenerate_store(user, conversation, reply, model, limits, idempotency):
         idempotency_key=key,
         request_hash=request_hash,
     )
-    history = selectors.message_history_for_generation(conversation=conversation, before_message=assistant_message)
-    return None, assistant_message, history
+    return None, assistant_message
 
 
 def _accepted_body(user_message, assistant_message) -> dict:
@@ -391,32 +392,31 @@ def _accepted_body(user_message, assistant_message) -> dict:
 async def _answer(request, post: _Post, *, accepted_at):
     """Start generating ``post``'s reply; the answer to a post or a regenerate.
 
-    JSON: 202 with the stored messages. ``Accept: text/event-stream``: that
-    generation's events, ending after its final one; its stream (which needs
-    Redis) opens before the messages are stored, so with Redis down the post
-    is refused, never half-done. A repeat (same Idempotency-Key) is answered
-    as the first was.
+    The upstream request goes out first, while the messages are stored (a
+    second database hop). JSON: 202 with the stored messages.
+    ``Accept: text/event-stream``: that generation's events, ending after its
+    final one; its stream (which needs Redis) opens before the messages are
+    stored, so with Redis down the post is refused, never half-done. A post
+    refused then has its upstream request closed unread. A repeat (same
+    Idempotency-Key) is answered as the first was.
     """
     if post.replay is not None:
         return await _replay_post(request, post.user, post.conversation, *post.replay)
-    stream = None
-    stored = post.stored
-    if stored is None:
-        stream = await ReplyStream.open(request, post.user, post.conversation, post.limits)
-        try:
-            stored = await adb(post.store)()
-        except BaseException:
-            await stream.abandon()
-            raise
-    user_message, assistant_message, history = stored
-    # From here the post has succeeded whatever Redis does (generation_start never raises for it).
-    await generation_start(
-        conversation=post.conversation,
-        user_message=user_message,
-        assistant_message=assistant_message,
-        history=history,
-        accepted_at=accepted_at,
+    generation = generation_request(
+        conversation=post.conversation, model=post.model, history=post.history, accepted_at=accepted_at
     )
+    stream = None
+    try:
+        if wants_sse(request):
+            stream = await ReplyStream.open(request, post.user, post.conversation, post.limits)
+        user_message, assistant_message = await adb(post.store)()
+    except BaseException:
+        generation.abandon()
+        if stream is not None:
+            await stream.abandon()
+        raise
+    # From here the post has succeeded whatever Redis does (generation_begin never raises for it).
+    await generation_begin(generation, user_message=user_message, assistant_message=assistant_message)
     if stream is None:
         return JsonResponse(_accepted_body(user_message, assistant_message), status=202)
     return stream.response(user_message, assistant_message)

@@ -70,14 +70,11 @@ class ReplyLimitReached(Exception):
 class Generation:
     """Streams one assistant message from the provider to the event log, then stores it once."""
 
-    def __init__(self, *, conversation, message, history, accepted_at: float, user_message=None):
+    def __init__(self, *, conversation, history, accepted_at: float, message=None, user_message=None, model=None):
         self.conversation_id = str(conversation.id)
-        self.user_message = user_message
         self.system_prompt = conversation.system_prompt
         self.conversation = conversation
-        self.message = message
-        self.message_id = str(message.id)
-        self.model = message.model
+        self.model = model or message.model
         self.accepted_at = accepted_at
         self.history = history
         # Set once message.created is logged for both messages: no delta may precede it.
@@ -103,7 +100,32 @@ class Generation:
         # None until then: the first checkpoint writes in full, whatever the placeholder held.
         self._stored: tuple[int, int, int] | None = None
         self._publish_ok = True
+        if message is not None:
+            self.bind(message, user_message)
+
+    def bind(self, message, user_message=None) -> None:
+        """The stored reply this generation fills (and the user's message it answers, None for a regenerate)."""
+        self.message = message
+        self.message_id = str(message.id)
+        self.user_message = user_message
         self._message_json = dumps(message_to_dict(message))
+
+    def request(self) -> None:
+        """Send the upstream request now (the pump), before the reply is stored; ``start`` or ``abandon`` follows.
+
+        What arrives meanwhile waits here: nothing is published before
+        ``message.created`` of both messages.
+        """
+        if self.pump is None:
+            self.pump = asyncio.create_task(self._pump())
+
+    def abandon(self) -> None:
+        """Drop a generation whose messages were not stored: its upstream request is closed, nothing is published."""
+        for task in (self.pump, self._publisher):
+            if task is not None:
+                task.cancel()
+                # Whatever it raised has nobody to tell.
+                task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     def request_stop(self) -> None:
         if not self.stopping:
@@ -123,10 +145,11 @@ class Generation:
         log = get_event_log()
         helpers = []
         status, error, shutting_down = "complete", (None, None), False
-        self.pump = asyncio.create_task(self._pump())
         try:
-            # The upstream request goes out first; Redis bookkeeping runs alongside it.
-            await asyncio.sleep(0)
+            if self.pump is None:
+                self.request()
+                # The upstream request goes out first; Redis bookkeeping runs alongside it.
+                await asyncio.sleep(0)
             await self._announce()
             helpers = [asyncio.create_task(self._keep_lease()), asyncio.create_task(self._listen_for_stop())]
             await self.pump
@@ -479,6 +502,25 @@ def checkpoints() -> CheckpointWriter:
             del _checkpoints[stale]
         writer = _checkpoints[loop] = CheckpointWriter()
     return writer
+
+
+def generation_request(*, conversation, model: str, history, accepted_at: float) -> Generation:
+    """A generation of a reply not stored yet, its upstream request sent now (``Generation.request``).
+
+    The caller stores the reply meanwhile, then calls ``generation_begin``;
+    or ``abandon()`` when storing failed, which closes the request unread.
+    """
+    generation = Generation(conversation=conversation, history=history, accepted_at=accepted_at, model=model)
+    generation.request()
+    return generation
+
+
+async def generation_begin(generation: Generation, *, user_message, assistant_message) -> Generation:
+    """Run ``generation`` (``generation_request``) for the stored ``assistant_message``; as ``generation_start``."""
+    generation.bind(assistant_message, user_message)
+    generation.start()
+    await generation.announced.wait()
+    return generation
 
 
 async def generation_start(*, conversation, user_message, assistant_message, history, accepted_at: float) -> Generation:

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from .db import adb
-from .errors import Forbidden, InvalidInput, NotFound, RateLimited, Unprocessable
+from .errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited, Unprocessable
 from .events import REVOKED_DELETED, REVOKED_REMOVED, REVOKED_SIGNED_OUT
 from .models import (
     API_TOKEN_CREDENTIAL_PREFIX,
@@ -358,13 +358,34 @@ def message_history_for_generation(*, conversation, before_message) -> list[tupl
     the oldest so their content fits ``CHAT_HISTORY_MAX_CHARS``; the newest
     message always goes.
     """
+    return _history(conversation, before_message.parent_id)
+
+
+def message_history_for_post(*, conversation, parent, content: str) -> list[tuple[str, str]]:
+    """The history a reply to a new user message will be sent, before either is stored (1 query; none for a root).
+
+    What ``message_history_for_generation`` returns once the message with
+    ``content`` is stored under ``parent`` (a message, or None for a new root)
+    and its reply's placeholder under it: ``parent``'s ancestry, then it.
+    """
+    return _history(conversation, None if parent is None else parent.pk, newest=(Message.Role.USER.value, content))
+
+
+def _history(conversation, parent_id, newest=None) -> list[tuple[str, str]]:
     # One query for the conversation's tree, walked here: simpler than a recursive CTE on both databases.
-    rows = Message.objects.filter(conversation=conversation).values_list("id", "parent_id", "role", "status", "content")
-    by_id = {row[0]: row for row in rows}
+    by_id = {}
+    if parent_id is not None:
+        rows = Message.objects.filter(conversation=conversation).values_list(
+            "id", "parent_id", "role", "status", "content"
+        )
+        by_id = {row[0]: row for row in rows}
     sent = {Message.Status.COMPLETE, Message.Status.CANCELLED}
     budget = settings.CHAT_HISTORY_MAX_CHARS
     kept = []
-    node = by_id.get(before_message.parent_id)
+    node = by_id.get(parent_id)
+    if newest is not None:
+        role, content = newest
+        node = (None, parent_id, role, Message.Status.COMPLETE, content)
     while node is not None:
         _, parent_id, role, status, content = node
         node = by_id.get(parent_id)
@@ -450,7 +471,44 @@ def _wait(seconds: int) -> str:
     return f"{minutes} min" if seconds >= 60 else "under a minute"
 
 
-def message_allowance_check(*, user) -> None:
+def message_post_check(*, conversation, author, per_minute: int) -> None:
+    """Raise what storing a new reply in ``conversation`` would: Conflict while one streams there, RateLimited when
+    ``author`` asked for ``per_minute`` replies in the last minute (0: no limit). 1 or 2 queries, no lock.
+
+    A post checks this before its upstream request goes out, so a post that
+    storing will refuse costs the provider nothing; ``services.message_submit``
+    and ``message_regenerate`` decide again under their lock.
+    """
+    if Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING).exists():
+        raise Conflict(
+            "A reply is already being generated in this conversation. Wait for it or stop it first.",
+            code="generation_in_progress",
+        )
+    message_rate_check(author=author, per_minute=per_minute)
+
+
+def message_rate_check(*, author, per_minute: int) -> None:
+    """Raise RateLimited (with Retry-After) if ``author`` asked for ``per_minute`` replies in the last minute (0: no
+    limit); 1 query. A regenerate counts like a post: each asks for one reply."""
+    if not per_minute:
+        return
+    window = timezone.now() - timedelta(minutes=1)
+    recent = list(
+        Message.objects.filter(requested_by_id=author.pk, role=Message.Role.ASSISTANT, created_at__gt=window)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)[:per_minute]
+    )
+    if len(recent) >= per_minute:
+        retry = max(1, int((recent[-1] - window).total_seconds()) + 1)
+        raise RateLimited(
+            f"You can send {per_minute} {'message' if per_minute == 1 else 'messages'} a minute."
+            f" Try again in {retry} s.",
+            code="rate_limited",
+            retry_after=retry,
+        )
+
+
+def message_allowance_check(*, user, limits: dict | None = None) -> None:
     """Raise RateLimited (with Retry-After) if ``user``'s monthly budget or daily token quota is spent.
 
     Reads the usage ledger (``UsageEntry``), so deleting a conversation gives
@@ -458,8 +516,9 @@ def message_allowance_check(*, user) -> None:
     midnight UTC, the month's tokens and the month's cost in CHAT_CURRENCY
     (a cost budget compares only rows in that currency). The per-minute
     message limit is taken atomically with the insert (``services.message_submit``).
+    ``limits``: ``user_limits(user=user)`` when the caller has read them already.
     """
-    limits = user_limits(user=user)
+    limits = limits or user_limits(user=user)
     quota, token_budget, cost_budget = (
         limits["daily_token_quota"],
         limits["monthly_token_budget"],

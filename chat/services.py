@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from . import publish
 from .audit import audit_record
-from .errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited
+from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .models import (
     API_TOKEN_LOOKUP_LENGTH,
     API_TOKEN_NAME_MAX_LENGTH,
@@ -39,6 +39,7 @@ from .selectors import (
     conversation_get_for_user,
     message_history_for_generation,
     message_latest,
+    message_rate_check,
     model_price_on,
     usage_cost,
 )
@@ -558,21 +559,7 @@ def _take_message_slot(*, author, per_minute: int) -> None:
     serialise writers), so every process counts what the others inserted.
     """
     get_user_model().objects.select_for_update().filter(pk=author.pk).values_list("pk", flat=True).first()
-    now = timezone.now()
-    window = now - timedelta(minutes=1)
-    # Replies asked for, so a regenerate counts like a post (each post asks for one reply).
-    recent = list(
-        Message.objects.filter(requested_by_id=author.pk, role=Message.Role.ASSISTANT, created_at__gt=window)
-        .order_by("-created_at")
-        .values_list("created_at", flat=True)[:per_minute]
-    )
-    if len(recent) >= per_minute:
-        retry = max(1, int((recent[-1] - window).total_seconds()) + 1)
-        raise RateLimited(
-            f"You can send {per_minute} messages a minute. Try again in {retry} s.",
-            code="rate_limited",
-            retry_after=retry,
-        )
+    message_rate_check(author=author, per_minute=per_minute)
 
 
 def message_checkpoint(

@@ -85,3 +85,21 @@ def test_history_keeps_the_newest_message_even_if_too_long(owner, settings):
     _, placeholder = services.message_submit(conversation=conversation, author=owner, content="x" * 50, model="demo")
     history = selectors.message_history_for_generation(conversation=conversation, before_message=placeholder)
     assert history == [("user", "x" * 50)]
+
+
+@pytest.mark.parametrize("budget", [25, 5, 1000])
+def test_the_history_read_before_a_post_is_stored_is_the_one_read_after(owner, settings, budget):
+    settings.CHAT_HISTORY_MAX_CHARS = budget
+    conversation = Conversation.objects.create(owner=owner, model="demo")
+    for text in ["a" * 10, "b" * 10]:
+        _, placeholder = services.message_submit(conversation=conversation, author=owner, content=text, model="demo")
+        services.message_finish(message_id=placeholder.id, status="complete", content="ok " + text, reasoning="", seq=0)
+    for parent in (selectors.message_latest(conversation=conversation), None):
+        before = selectors.message_history_for_post(conversation=conversation, parent=parent, content="c" * 10)
+        _, placeholder = services.message_submit(
+            conversation=conversation, author=owner, content="c" * 10, model="demo", parent=parent
+        )
+        after = selectors.message_history_for_generation(conversation=conversation, before_message=placeholder)
+        services.message_finish(message_id=placeholder.id, status="complete", content="", reasoning="", seq=0)
+        assert before == after
+        assert after[-1] == ("user", "c" * 10)
