@@ -161,8 +161,8 @@ async def events(request, user, conversation_id):
     """GET a conversation's event stream: snapshots of streaming replies (or the log after
     ``Last-Event-ID``, or ``resync`` when that is gone), then live events until the viewer leaves or loses access.
 
-    With ``?presence=1`` the viewer is counted among the conversation's
-    viewers and gets ``presence`` (on connect, then on every change).
+    The viewer is counted among the conversation's viewers and gets
+    ``presence`` (on connect, then on every change), unless ``?presence=0``.
     """
     conversation = await selectors.aconversation_get_for_user(user=user, conversation_id=conversation_id)
     conversation_id = str(conversation.id)
@@ -302,8 +302,10 @@ def _listed_conversations(request) -> list[str]:
 def _presence_flag(request) -> bool:
     value = request.GET.get("presence", "")
     if value not in ("", "0", "1"):
-        raise InvalidInput("presence must be 1 (count me and send presence) or 0.", code="invalid_input")
-    return value == "1"
+        raise InvalidInput(
+            "presence must be 1 (count me and send presence, the default) or 0 (neither).", code="invalid_input"
+        )
+    return value != "0"
 
 
 async def _open_part(part: Part, cursor: str | None) -> tuple[list[tuple[str, dict]], list]:

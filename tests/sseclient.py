@@ -42,14 +42,32 @@ def parse_lines(lines):
 
 
 class Viewer(threading.Thread):
-    """Reads an event stream until ``until(event)`` is true, the stream ends, or ``close()``."""
+    """Reads an event stream until ``until(event)`` is true, the stream ends, or ``close()``.
 
-    def __init__(self, client: httpx.Client, path: str, *, until=None, headers=None, method="GET", json_body=None):
+    ``presence`` events (who is viewing: they come and go with other viewers,
+    orthogonal to the messages) are kept apart in ``presence``, so ``events``
+    is the stream's sequence of everything else, in order; with
+    ``with_presence=True`` they stay in ``events`` too, in stream order.
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        path: str,
+        *,
+        until=None,
+        headers=None,
+        method="GET",
+        json_body=None,
+        with_presence=False,
+    ):
         super().__init__(daemon=True)
+        self.with_presence = with_presence
         self.client, self.path, self.until = client, path, until
         self.headers = headers or {}
         self.method, self.json_body = method, json_body
         self.events: list[SSEEvent] = []
+        self.presence: list[SSEEvent] = []
         self.comments: list[str] = []
         self.status = None
         self.response_headers = None
@@ -80,7 +98,10 @@ class Viewer(threading.Thread):
                     if isinstance(item, tuple):
                         self.comments.append(item[1])
                         continue
-                    self.events.append(item)
+                    if item.type == "presence":
+                        self.presence.append(item)
+                    if item.type != "presence" or self.with_presence:
+                        self.events.append(item)
                     if self.until is not None and self.until(item):
                         return
         except Exception as exc:  # recorded for the test to assert on

@@ -139,10 +139,10 @@ def lists(viewer):
 
 def watch(client, conversation, *, plain=False):
     if plain:
-        path = f"/api/conversations/{conversation['id']}/events/?presence=1"
+        path = f"/api/conversations/{conversation['id']}/events/"
     else:
         path = f"/api/events/?conversations={conversation['id']}"
-    viewer = start_viewer(client, path, until=lambda e: False)
+    viewer = start_viewer(client, path, until=lambda e: False, with_presence=True)
     assert viewer.status == 200, getattr(viewer, "body", "")
     return viewer
 
@@ -189,6 +189,29 @@ def test_two_people_on_two_processes_each_listed_once_and_gone_when_their_tabs_c
     alice_tab.close()
 
 
+@pytest.mark.processes
+def test_a_plain_stream_counts_its_viewer_by_default_and_not_with_presence_0(servers):
+    _, a, b = servers
+    alice = login(a, "olivia")
+    conversation = shared(alice, "max")
+    cid = conversation["id"]
+    alice_tab = watch(alice, conversation, plain=True)
+    assert wait_viewers(alice_tab, cid, ["olivia"])
+    max_client = login(b, "max")
+    hidden = start_viewer(max_client, f"/api/conversations/{cid}/events/?presence=0", until=lambda e: False)
+    assert hidden.status == 200
+    # max watches without being counted: when his one counted tab closes, he is gone although the other stays.
+    counted = watch(max_client, conversation, plain=True)
+    seen = wait_viewers(alice_tab, cid, ["max", "olivia"], timeout=WITHIN)
+    counted.close()
+    wait_viewers(alice_tab, cid, ["olivia"], after=seen, timeout=WITHIN)
+    assert hidden.presence == []
+    refused = max_client.get(f"/api/conversations/{cid}/events/?presence=yes")
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_input"
+    for viewer in (hidden, alice_tab):
+        viewer.close()
+
+
 def signed_in(stack, usernames) -> dict:
     """A session per user, made in the database (sixteen logins at once would meet the login throttle)."""
     code = (
@@ -223,7 +246,7 @@ def test_a_burst_of_people_makes_a_handful_of_announcements(servers):
     ]
     path = f"/api/events/?conversations={cid}"
     # One after the other, each answered before the next opens: without coalescing, one announcement each.
-    viewers = [start_viewer(client, path, until=lambda e: False) for client in clients]
+    viewers = [start_viewer(client, path, until=lambda e: False, with_presence=True) for client in clients]
     assert all(viewer.status == 200 for viewer in viewers)
     everyone = sorted(["olivia", *CROWD])
     wait_viewers(alice_tab, cid, everyone, after=start)

@@ -40,7 +40,7 @@ def servers(redis_server, fake_provider):
 
 
 def watch(client, path=USER_EVENTS, **kwargs):
-    viewer = start_viewer(client, path, until=lambda e: False, **kwargs)
+    viewer = start_viewer(client, path, until=lambda e: False, with_presence=True, **kwargs)
     assert viewer.status == 200, getattr(viewer, "body", "")
     return viewer
 
@@ -247,7 +247,9 @@ def test_a_dropped_connection_resumes_every_log_exactly(servers, fake_provider):
         share(alice, conversation, "max")
     path = multiplexed(conversations)
     witness = watch(login(a, "max"), path)
-    first = start_viewer(bob, path, until=lambda e: e.type == "message.delta" and e.data["seq"] == 15)
+    first = start_viewer(
+        bob, path, until=lambda e: e.type == "message.delta" and e.data["seq"] == 15, with_presence=True
+    )
     replies = [post(alice, conversation)["assistant_message"]["id"] for conversation in conversations]
     first.wait(30)
     # Reconnect only after both replies went on without this viewer.
@@ -360,7 +362,9 @@ def test_a_multiplexed_stream_takes_one_stream_slot(redis_server, stack_factory)
     refused = alice.get(USER_EVENTS, timeout=5)
     assert refused.status_code == 429 and error_code(refused) == "too_many_streams"
     viewer.close()
-    again = eventually(lambda: (s := start_viewer(alice, USER_EVENTS, until=lambda e: False)).status == 200 and s)
+    again = eventually(
+        lambda: (s := start_viewer(alice, USER_EVENTS, until=lambda e: False, with_presence=True)).status == 200 and s
+    )
     again.close()
 
 
