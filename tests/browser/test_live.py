@@ -16,7 +16,7 @@ import pytest
 import redis
 from playwright.sync_api import expect
 
-from tests.browser.conftest import FAST_ECHO, SLOW_ECHO, last_assistant, send, wait_final, wait_partial, words
+from tests.browser.conftest import FAST_ECHO, SLOW_ECHO, last_assistant, send, wait_final, watch_assistant, words
 from tests.browser.pages import DESKTOP, LOOKS, Browsers, shot
 from tests.servers import RedisServer, Stack, eventually, login
 
@@ -190,12 +190,17 @@ def test_presence_across_processes_one_entry_per_person_gone_when_they_close(tea
 def reply_arrives_live(page, text):
     """Post ``text`` in ``page``: its reply is seen streaming (deltas) and then complete, with the text.
 
-    The slow echo sends a word every 40 ms: 30 words are seen part-way for over a second.
+    The slow echo sends a word every 40 ms; every change of the page's newest reply is recorded
+    (watch_assistant), so a reply shown part-way is seen however briefly.
     """
+    replies = page.locator("li.message.assistant").count()
+    watch_assistant(page)
     send(page, text)
-    wait_partial(page)
-    wait_final(page)
+    wait_final(page, count=replies + 1)
     expect(last_assistant(page).locator(".message-content")).to_have_text(text)
+    seen = page.evaluate("() => window.__seen")
+    partial = [shown for status, shown in seen if status == "streaming" and 0 < len(shown.strip()) < len(text)]
+    assert partial, f"the reply was never shown part-way: {seen[-3:]}"
 
 
 def fetch_answers(page) -> int:
