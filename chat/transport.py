@@ -2,13 +2,16 @@
 
 An ``EventStreamResponse`` leaves Django's per-chunk streaming machinery:
 the project's handler (config/asgi.py) hands it to ``send_event_stream``,
-one ASGI ``send`` per batch of events.
+one ASGI ``send`` per batch of events; under daphne, one write to the
+client's connection per batch once the response's head is out.
 
 daphne applies no backpressure: its ASGI ``send`` hands the bytes to Twisted
 and returns at once, so what an event stream writes for a client that does
 not read piles up in this process. ``serve`` puts a ``ClientConnection`` in
-every HTTP scope as ``scope["extensions"]["chat.transport"]``, and
-``send_event_stream`` cuts off a stream whose client is too far behind.
+every HTTP scope as ``scope["extensions"]["chat.transport"]``:
+``send_event_stream`` cuts off a stream whose client is too far behind, and
+writes past daphne's per-message layers, and the connection's socket takes
+a write at once while nothing waits in Twisted's buffer (``write_directly``).
 Under another ASGI server, or Django's test client, the extension is absent
 and nothing is cut off.
 """
@@ -26,13 +29,37 @@ EXTENSION = "chat.transport"
 
 
 class ClientConnection:
-    """One client's connection under daphne: its Twisted transport and the socket's write buffer."""
+    """One client's request under daphne: the Twisted request, its connection's transport and socket."""
 
-    __slots__ = ("_transport", "_socket")
+    __slots__ = ("_request", "_transport", "_socket")
 
-    def __init__(self, transport, socket):
+    def __init__(self, transport, socket, request=None):
+        self._request = request
         self._transport = transport
         self._socket = socket
+
+    def write_body(self, data: bytes) -> bool:
+        """Write ``data`` as the next chunk of the response body now, as daphne's ASGI ``send`` would; False if not.
+
+        The same bytes (HTTP/1.1 chunked framing) and bookkeeping as Twisted's
+        ``Request.write``, without daphne's and Twisted's per-message layers:
+        about a fifth of daphne's CPU per event written to a viewer. Only once
+        the response's head is out and while the request is live and chunked;
+        otherwise (False) the caller sends through ASGI, which handles the rest.
+        """
+        request = self._request
+        if (
+            request is None
+            or not request.startedWriting
+            or not request.chunked
+            or request.finished
+            or request._disconnected
+            or request.channel is None
+        ):
+            return False
+        request.sentLength += len(data)
+        self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return True
 
     def pending_bytes(self) -> int:
         """Bytes written to this connection that the kernel has not taken yet, held in this process."""
@@ -66,7 +93,7 @@ def add_to_scope(scope: dict, protocol) -> None:
         socket = getattr(socket, "transport", None)
     if socket is not None:
         write_directly(socket)
-        scope.setdefault("extensions", {})[EXTENSION] = ClientConnection(transport, socket)
+        scope.setdefault("extensions", {})[EXTENSION] = ClientConnection(transport, socket, protocol)
 
 
 def write_directly(socket) -> None:
@@ -139,6 +166,9 @@ class EventStreamResponse(StreamingHttpResponse):
 async def send_event_stream(response: EventStreamResponse, start: dict, send) -> None:
     """Send ``start`` (``http.response.start``), then each chunk of ``response.stream`` as one body message.
 
+    Under daphne, once the first chunk has gone through ASGI (with the head),
+    each chunk is written to the connection directly (``ClientConnection.write_body``).
+
     Before each chunk, if more than the response's budget written earlier
     still waits in this process (the ``chat.transport`` extension tells),
     aborts the connection, logs one line and closes the stream, so its
@@ -148,13 +178,15 @@ async def send_event_stream(response: EventStreamResponse, start: dict, send) ->
     """
     await send(start)
     del start  # its headers are daphne's now; a stream may last hours
-    connection = response.connection if response.budget > 0 else None
-    budget = response.budget
+    connection = response.connection
+    budget = response.budget if connection is not None else 0
     async with aclosing(response.stream) as stream:
         async for chunk in stream:
-            if connection is not None and (pending := connection.pending_bytes()) > budget:
+            if budget > 0 and (pending := connection.pending_bytes()) > budget:
                 logger.warning("viewer cut off: %d bytes pending (budget %d), %s", pending, budget, response.label)
                 connection.abort()
                 return
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # Under daphne, straight to the connection once the head is out; else (and the first) through ASGI.
+            if connection is None or not connection.write_body(chunk):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body"})

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from chat.transport import write_directly
+from chat.transport import ClientConnection, write_directly
 
 
 class Connection:
@@ -105,3 +105,51 @@ def test_installing_twice_wraps_once(pair):
     connection.write(b"once")
 
     assert read_all(theirs) == b"once"
+
+
+class Request:
+    """What ClientConnection.write_body reads and writes of daphne's Twisted request."""
+
+    def __init__(self, **state):
+        self.startedWriting = True
+        self.chunked = True
+        self.finished = False
+        self._disconnected = False
+        self.channel = object()
+        self.sentLength = 0
+        self.__dict__.update(state)
+
+
+def test_a_body_chunk_is_written_with_twisteds_chunked_framing(pair):
+    ours, theirs = pair
+    connection = Connection(ours)
+    write_directly(connection)
+    request = Request()
+    client = ClientConnection(connection, connection, request)
+
+    assert client.write_body(b"data: {}\n\n")
+    assert client.write_body(b"x" * 300)
+
+    assert read_all(theirs) == b"a\r\ndata: {}\n\n\r\n12c\r\n" + b"x" * 300 + b"\r\n"
+    assert request.sentLength == 310
+
+
+@pytest.mark.parametrize(
+    "state",
+    [{"startedWriting": False}, {"chunked": False}, {"finished": True}, {"_disconnected": True}, {"channel": None}],
+)
+def test_a_chunk_daphne_must_write_is_left_to_asgi(pair, state):
+    ours, theirs = pair
+    connection = Connection(ours)
+    client = ClientConnection(connection, connection, Request(**state))
+
+    assert not client.write_body(b"data: {}\n\n")
+    assert read_all(theirs) == b""
+    assert connection.buffered == []
+
+
+def test_without_the_request_nothing_is_written_directly(pair):
+    ours, _ = pair
+    connection = Connection(ours)
+
+    assert not ClientConnection(connection, connection).write_body(b"data: {}\n\n")
