@@ -468,7 +468,7 @@ def test_rate_limit_from_the_server(open_page, live):
     wait_final(page)
     send(page, "second")
     error = page.locator("#composer-error")
-    expect(error).to_contain_text("1 messages a minute")
+    expect(error).to_contain_text("1 message a minute")
     expect(error).to_contain_text(re.compile(r"Try again in \d+ s\.$"))
     assert error.inner_text().lower().count("try again") == 1
     expect(page.get_by_role("textbox", name="Message")).to_have_value("second")

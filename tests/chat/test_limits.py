@@ -55,7 +55,9 @@ def test_per_user_override_of_the_rate(api, owner, member, conversation, setting
     settings.CHAT_MESSAGES_PER_MINUTE = 100
     UsageLimit.objects.create(user=owner, messages_per_minute=1)
     add_exchange(conversation, owner)
-    assert post(api, owner, conversation).status_code == 429
+    response = post(api, owner, conversation)
+    assert response.status_code == 429
+    assert error_of(response)["message"].startswith("You can send 1 message a minute. Try again in ")
     # Another user's messages do not count against the owner, and the owner's override is theirs alone.
     conversation.members.add(member)
     own = services.conversation_create(owner=member, model="demo")
