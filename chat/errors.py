@@ -62,6 +62,13 @@ class RateLimited(ChatError):
     code = "rate_limited"
 
 
+class ServerError(ChatError):
+    """An unexpected failure (the 500 handler): nothing the person can fix but trying again."""
+
+    status = 500
+    code = "server_error"
+
+
 class ServiceUnavailable(ChatError):
     status = 503
     code = "service_unavailable"

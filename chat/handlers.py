@@ -1,12 +1,11 @@
 """The 400, 403, 404, 500 and CSRF failure handlers: the contract's JSON error under /api/; elsewhere the app's own
 not-found page (with a way home) and Django's other pages."""
 
-from django.http import JsonResponse
 from django.shortcuts import render
 from django.views import defaults
 from django.views.csrf import csrf_failure as default_csrf_failure
 
-from .errors import Forbidden, InvalidInput, NotFound
+from .errors import Forbidden, InvalidInput, NotFound, ServerError
 from .http import error_response
 
 
@@ -42,11 +41,7 @@ def page_not_found(request, exception=None):
 
 def server_error(request):
     if _is_api(request):
-        response = JsonResponse(
-            {"error": {"code": "server_error", "message": "Something went wrong on the server; try again."}},
-            status=500,
-        )
-        return response
+        return error_response(ServerError("Something went wrong on the server; try again."))
     return defaults.server_error(request)
 
 
