@@ -369,7 +369,12 @@ class Stack:
     fresh database on it. ``stop()`` drops a PostgreSQL database it made.
     """
 
+    # Stacks made on the run's own database (tests/conftest.py checks that their tests are marked to run on it).
+    made_on_run_database = 0
+
     def __init__(self, *, redis_url="", llm_base_url="", llm_models="", extra_env=None, database=None):
+        if database is None:
+            Stack.made_on_run_database += 1
         self.dir = Path(tempfile.mkdtemp(prefix="stack-"))
         self.database_server = database if isinstance(database, PostgresServer) else None
         if self.database_server is not None:
@@ -487,13 +492,20 @@ class Stack:
                     ),
                 )
 
-    def start_server(self, extra_env=None) -> int:
+    def start_server(self, extra_env=None, *, server="daphne") -> int:
+        """One more server process on a free port, its port once it listens: daphne (``manage.py serve``), or
+        ``server="uvicorn"`` serving ``config.asgi:application`` with its lifespan events, as the bench runs it."""
         self.create_database()
         port = free_port()
-        log = self.dir / f"daphne-{port}.log"
+        log = self.dir / f"{server}-{port}.log"
         self.logs[port] = log
+        command = {
+            "daphne": ["manage.py", "serve", "-b", "127.0.0.1", "-p", str(port)],
+            "uvicorn": ["-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--lifespan", "on", "--no-access-log", "--timeout-graceful-shutdown", "5"],
+        }[server]
         proc = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "-b", "127.0.0.1", "-p", str(port)],
+            [sys.executable, *command],
             cwd=ROOT,
             env={**self.env, **(extra_env or {})},
             stdout=log.open("wb"),
