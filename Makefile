@@ -61,9 +61,10 @@ run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py serve --ensure-admin -b $(HOST) -p $(PORT)
 
-# The suite on 2 worker processes (pytest-xdist), a file per worker at a time (module-scoped servers
-# start once); TEST_WORKERS=0 runs it in this process. Most tests wait on real servers, not the CPU.
-TEST_WORKERS ?= 2
+# The suite on 3 worker processes (pytest-xdist), a file per worker at a time (module-scoped servers
+# start once); TEST_WORKERS=0 runs it in this process. Most tests wait on real servers, not the CPU:
+# on 2 cores, 2 workers kept about one core busy.
+TEST_WORKERS ?= 3
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## test: the whole suite, after scripts/test-deps installs the servers it runs (redis-server, chromium, nginx, PostgreSQL, slapd)
@@ -74,10 +75,13 @@ test: test-deps install install-ldap
 test-deps:
 	scripts/test-deps
 
-## test-postgres: the same suite on PostgreSQL: POSTGRES_URL, else the local cluster (pytest-django creates test_<name> there)
+## test-postgres: the tests that reach the database, on PostgreSQL: POSTGRES_URL, else the local cluster
+# (pytest-django creates test_<name> there). `-m database` is the rule in tests/conftest.py (reaches_the_database):
+# a test that uses the run's database, through Django (django_db, a db fixture) or real server processes (processes,
+# stack_factory), runs on both engines; the rest (Chromium pages, providers, SSE parsing, settings) only in `make test`.
 test-postgres: test-deps install install-ldap
 	url="$$POSTGRES_URL"; [ -n "$$url" ] || url=$$(scripts/test-deps --postgres) || exit 1; \
-	DATABASE_URL="$$url" $(PYTEST)
+	DATABASE_URL="$$url" $(PYTEST) -m database
 
 bench: install
 	$(BIN)/python -m bench

@@ -13,8 +13,7 @@ from django.test import Client
 from tests.servers import PASSWORD, NotInstalled, PostgresServer, RedisServer, Stack, start_ldap_server
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item):
+def _installed_or_fail():
     """A server that is not installed fails the test (in a fixture or the test itself) with the message saying
     how to install it, without a traceback."""
     try:
@@ -24,7 +23,61 @@ def pytest_runtest_setup(item):
     pytest.fail(message, pytrace=False)  # outside the except: the message once, not chained
 
 
-pytest_runtest_call = pytest_runtest_setup
+STACKS_BEFORE = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    item.stash[STACKS_BEFORE] = Stack.made_on_run_database
+    return (yield from _installed_or_fail())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield from _installed_or_fail()
+    made_a_stack = Stack.made_on_run_database > item.stash.get(STACKS_BEFORE, 0)
+    if made_a_stack and not item.get_closest_marker("database") and not drives_chromium(item):
+        pytest.fail(
+            "This test starts a Stack on the run's database but is not marked to run on PostgreSQL: "
+            "mark it @pytest.mark.processes (tests/conftest.py, reaches_the_database).",
+            pytrace=False,
+        )
+    return result
+
+
+# --- which tests the PostgreSQL run repeats -----------------------------------------------------
+
+# Fixtures through which a test reaches the run's database (pytest-django's, and a Stack's).
+DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback"}
+DATABASE_FIXTURES |= {"live_server", "stack_factory"}
+BROWSER_TESTS = Path(__file__).parent / "browser"
+
+
+def drives_chromium(item) -> bool:
+    return (
+        item.path.is_relative_to(BROWSER_TESTS)
+        or item.get_closest_marker("browser") is not None
+        or "playwright_api" in getattr(item, "fixturenames", ())
+    )
+
+
+def reaches_the_database(item) -> bool:
+    """The rule for `make test-postgres` (README, Test suite): a test runs on PostgreSQL too when it uses the run's
+    database, through Django (django_db, a db fixture) or real server processes (processes, stack_factory); a
+    Chromium test runs on SQLite only: it tests the page, and the API tests run the same server code on both."""
+    if drives_chromium(item):
+        return False
+    return (
+        item.get_closest_marker("django_db") is not None
+        or item.get_closest_marker("processes") is not None
+        or not DATABASE_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+    )
+
+
+def pytest_itemcollected(item):
+    """Mark ``database`` every test that reaches the database: `make test-postgres` runs ``-m database``."""
+    if reaches_the_database(item):
+        item.add_marker(pytest.mark.database)
 
 
 # --- in-process requests inside a test's transaction -------------------------
@@ -172,13 +225,4 @@ def pytest_collection_modifyitems(config, items):
     """Browser tests run last in one process (every file under tests/browser/, and any test using Playwright):
     a Chromium test leaves Playwright's event loop running in the main thread until its file ends (see
     tests/browser/conftest.py), and a whole file keeps its module-scoped servers together."""
-    browser_tests = Path(__file__).parent / "browser"
-
-    def drives_chromium(item):
-        return (
-            item.path.is_relative_to(browser_tests)
-            or item.get_closest_marker("browser") is not None
-            or "playwright_api" in getattr(item, "fixturenames", ())
-        )
-
     items.sort(key=drives_chromium)

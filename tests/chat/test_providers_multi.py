@@ -107,6 +107,7 @@ def auth_headers(fake):
     return [r["headers"].get("authorization") for r in fake.requests()]
 
 
+@pytest.mark.processes
 def test_every_providers_models_are_offered_with_unique_ids(servers):
     _, client = servers
     models = client.get("/api/models/").json()["models"]
@@ -121,6 +122,7 @@ def test_every_providers_models_are_offered_with_unique_ids(servers):
     assert client.post("/api/conversations/", json={}).json()["model"] == f"a/{STEADY}"
 
 
+@pytest.mark.processes
 def test_each_provider_serves_its_models_and_gets_only_its_own_key(servers, fakes):
     stack, client = servers
     plain, tls, _ = fakes
@@ -150,6 +152,7 @@ def test_each_provider_serves_its_models_and_gets_only_its_own_key(servers, fake
         assert row == (name, f"{name}/{STEADY}")
 
 
+@pytest.mark.processes
 def test_a_busy_provider_is_retried_after_its_retry_after_and_viewers_are_told(servers, fakes):
     _, client = servers
     _, tls, _ = fakes
@@ -174,6 +177,7 @@ def test_a_busy_provider_is_retried_after_its_retry_after_and_viewers_are_told(s
     )
 
 
+@pytest.mark.processes
 def test_a_503_without_retry_after_is_retried_with_backoff(servers, fakes):
     _, client = servers
     plain, _, _ = fakes
@@ -184,6 +188,7 @@ def test_a_503_without_retry_after_is_retried_with_backoff(servers, fakes):
     assert len(plain.requests()) == 2
 
 
+@pytest.mark.processes
 def test_past_the_retry_limit_the_reply_fails_with_the_providers_code(servers, fakes):
     stack, client = servers
     plain, _, _ = fakes
@@ -197,6 +202,7 @@ def test_past_the_retry_limit_the_reply_fails_with_the_providers_code(servers, f
     assert len(plain.requests()) == 4
 
 
+@pytest.mark.processes
 def test_a_stop_during_a_retry_wait_stops_at_once(servers, fakes):
     _, client = servers
     _, tls, _ = fakes
@@ -219,6 +225,7 @@ def test_a_stop_during_a_retry_wait_stops_at_once(servers, fakes):
     assert len(tls.requests()) == 1
 
 
+@pytest.mark.processes
 def test_nothing_is_retried_after_the_first_token(servers, fakes):
     _, client = servers
     plain, _, _ = fakes
@@ -229,6 +236,7 @@ def test_nothing_is_retried_after_the_first_token(servers, fakes):
     assert len(plain.requests()) == 1
 
 
+@pytest.mark.processes
 def test_a_provider_that_is_down_does_not_slow_the_others(servers, fakes):
     stack, client = servers
     hanging = new_conversation(client, "c/hang")
