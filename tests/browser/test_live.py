@@ -174,6 +174,7 @@ def test_presence_across_processes_one_entry_per_person_gone_when_they_close(tea
     expect(presence(bob)).to_contain_text("Also here: alice, carol")
     expect(presence(carol).locator(".presence-person")).to_have_text(["A", "B"])
     expect(presence(second).locator(".presence-person")).to_have_text(["B", "C"])
+    shot(bob, "live-presence-two")
 
     # Alice closes one of her two tabs, then carol leaves: alice stays, carol goes.
     alice.close()
