@@ -291,9 +291,11 @@ def test_a_long_reply_writes_each_character_about_once(conversation, owner, sett
 
 # --- the caps, over real sockets -------------------------------------------------------------------
 
-MAX_CHARS = 5000
+# Both caps are in force on the same processes: the length cap is reached in about 200 deltas (50 of reasoning),
+# well inside the time cap even on a loaded machine (5,000 characters, about 520 deltas, took over 3 s under load).
+MAX_CHARS = 2000
 MAX_SECONDS = 3
-ENDLESS = "fake:chunks=100000;reasoning=150;interval_ms=1;usage=0"
+ENDLESS = "fake:chunks=100000;reasoning=50;interval_ms=1;usage=0"
 SLOW_ENDLESS = "fake:chunks=100000;interval_ms=50"
 
 
@@ -346,7 +348,7 @@ def run_capped(capped, fake_provider, model):
 def test_a_reply_past_the_length_cap_ends_failed_with_its_text_through_the_cap(capped, fake_provider):
     final, content, reasoning, row, upstream = run_capped(capped, fake_provider, ENDLESS)
     assert final.type == "message.failed" and final.data["error"]["code"] == "reply_too_long"
-    assert "5,000 characters" in final.data["error"]["message"]
+    assert "2,000 characters" in final.data["error"]["message"]
     assert len(content) + len(reasoning) == MAX_CHARS and reasoning
     assert final.data["content"] == content and final.data["reasoning"] == reasoning
     assert row[:5] == ("failed", content, reasoning, "reply_too_long", True)
