@@ -16,7 +16,16 @@ import pytest
 import redis
 from playwright.sync_api import expect
 
-from tests.browser.conftest import FAST_ECHO, SLOW_ECHO, last_assistant, send, wait_final, watch_assistant, words
+from tests.browser.conftest import (
+    FAST_ECHO,
+    SLOW_ECHO,
+    last_assistant,
+    send,
+    wait_final,
+    wait_partial,
+    watch_assistant,
+    words,
+)
 from tests.browser.pages import DESKTOP, LOOKS, Browsers, shot
 from tests.servers import RedisServer, Stack, eventually, login
 
@@ -152,6 +161,25 @@ def test_a_share_on_one_process_shows_up_on_the_other_at_once_with_a_toast_and_a
     # And a removal takes it away at once.
     team.api("alice").delete(f"/api/conversations/{conversation['id']}/members/bob/")
     expect(link).to_have_count(0)
+
+
+def test_a_second_tab_opened_mid_reply_picks_the_reply_up_from_the_shared_stream(team, browsers):
+    """The browser's stream already carries the conversation: the new tab asks for its snapshot, and no text is lost."""
+    conversation = team.conversation("carol", "Second tab")
+    path = f"/c/{conversation['id']}/"
+    context, first = browsers.context(team.url(team.b), "carol")
+    first.goto(path)
+    first.wait_for_function("() => window.chatApp !== undefined")
+    text = words(80, "s")
+    send(first, text)
+    wait_partial(first, min_chars=20)
+    second = browsers.tab(context, path)
+    after = wait_partial(second, min_chars=1)
+    assert text.startswith(after.strip())
+    for page in (first, second):
+        message = wait_final(page)
+        assert message.locator(".message-content").inner_text().strip() == text
+    assert team.streams("carol") <= 2
 
 
 # --- presence ------------------------------------------------------------------------------------------
