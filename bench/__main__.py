@@ -1,6 +1,6 @@
 """``python -m bench [scenario ...] [--quick] [--no-doc] [--profile] [--doc-only] [--postgres]``
 
-Scenarios: fanout ttft capacity writes memory slowreader search uvicorn connections (default: all).
+Scenarios: fanout ttft capacity writes memory slowreader search uvicorn connections presence (default: all).
 
 ``--profile``: py-spy samples daphne a in the 500-viewer fan-out and the one-process capacity steps (see notes).
 ``--nice N``: the niceness of the bench and all it starts (default -10: ahead of other work on a shared machine).
@@ -16,7 +16,20 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from . import capacity, connections, fanout, first_token, memory, otherserver, report, runs, search, slowreader, writes
+from . import (
+    capacity,
+    connections,
+    fanout,
+    first_token,
+    memory,
+    otherserver,
+    presence,
+    report,
+    runs,
+    search,
+    slowreader,
+    writes,
+)
 from .deployment import Deployment, raise_fd_limit, set_niceness
 
 # In the order of docs/benchmarks.md; RUN_ORDER measures time to first token first, on a quiet deployment.
@@ -30,8 +43,20 @@ SCENARIOS = {
     "search": search,
     "uvicorn": otherserver,
     "connections": connections,
+    "presence": presence,
 }
-RUN_ORDER = ("ttft", "fanout", "capacity", "uvicorn", "writes", "memory", "slowreader", "search", "connections")
+RUN_ORDER = (
+    "ttft",
+    "fanout",
+    "capacity",
+    "uvicorn",
+    "writes",
+    "memory",
+    "slowreader",
+    "search",
+    "connections",
+    "presence",
+)
 
 
 def parse_args(argv):

@@ -195,7 +195,7 @@ TEMPLATE = """# Benchmarks
 `make bench` (or `.venv/bin/python -m bench`) measures the streaming path on
 this machine and rewrites the results below, with the charts in
 `docs/bench/*.svg`. `python -m bench fanout ttft` runs some of the
-scenarios (`fanout ttft capacity writes memory slowreader search uvicorn`);
+scenarios (`fanout ttft capacity writes memory slowreader search uvicorn connections presence`);
 `--quick` runs smaller versions (a smoke test, not figures to quote).
 
 Every figure has a baseline measured in the same run with the same client
