@@ -116,6 +116,8 @@ def test_sigterm_ends_the_server(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     wait_for_port(port, proc=proc)
+    # daphne listens before its reactor runs and installs the signal handlers: an answer says it runs.
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
