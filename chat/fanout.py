@@ -595,6 +595,26 @@ async def publish(
     return event, lost
 
 
+async def publish_batch(conversation_id, items: list[tuple]) -> list[tuple[Event, bool]]:
+    """``publish`` for several ``(event_type, data, change, message_id)`` items of one conversation, in order.
+
+    One round trip to the store for all of them (the two ``message.created``
+    of a post); ``message_id`` and ``final`` default as in ``publish``.
+    """
+    conversation_id = str(conversation_id)
+    appends = []
+    for event_type, data, change, message_id in items:
+        if message_id is None and change is not None:
+            message_id = change.message_id
+        appends.append((event_type, data, change, message_id, message_id is not None and event_type in _FINAL_TYPES))
+    results = await get_event_log().append_batch(conversation_id, appends)
+    hub = _hubs.get(asyncio.get_running_loop())
+    if hub is not None:
+        for event, _ in results:
+            hub.dispatch(conversation_id, event)
+    return results
+
+
 async def publish_to_users(items: list[tuple]) -> list[Event]:
     """Log ``(user_id, event_type, data)`` items on those users' own logs and deliver them to this process's viewers.
 

@@ -21,7 +21,7 @@ from . import services
 from .db import adb
 from .eventlog import StateChange, get_event_log
 from .events import FINAL_EVENTS, MESSAGE_CREATED, MESSAGE_DELTA, MESSAGE_RETRYING, dumps
-from .fanout import generation_group, publish
+from .fanout import generation_group, publish, publish_batch
 from .providers import provider_for
 from .providers.base import ChatMessage, Finish, ProviderError, ReasoningDelta, TextDelta, Usage, storable
 from .providers.catalog import configured
@@ -180,26 +180,21 @@ class Generation:
             raise asyncio.CancelledError
 
     async def _announce(self) -> None:
-        """Log ``message.created`` for the user's message (if any) and the reply (with its streaming state).
+        """Log ``message.created`` for the user's message (if any) and the reply (with its streaming state), in one
+        round trip.
 
         Never raises: both messages are stored and the reply goes on; viewers
         whose feed missed these events resync from the REST endpoint. Sets
         ``announced`` either way.
         """
+        items = []
+        if self.user_message is not None:
+            items.append((MESSAGE_CREATED, dumps(message_to_dict(self.user_message)), None, str(self.user_message.id)))
+        start = StateChange("start", self.message_id, message=self._message_json)
+        items.append((MESSAGE_CREATED, self._message_json, start, None))
         try:
-            if self.user_message is not None:
-                await publish(
-                    self.conversation_id,
-                    MESSAGE_CREATED,
-                    dumps(message_to_dict(self.user_message)),
-                    message_id=str(self.user_message.id),
-                )
-            await publish(
-                self.conversation_id,
-                MESSAGE_CREATED,
-                self._message_json,
-                StateChange("start", self.message_id, message=self._message_json),
-            )
+            # Both in one round trip to the store.
+            await publish_batch(self.conversation_id, items)
         except Exception as exc:
             logger.warning("conversation %s: announcing a new reply failed (%s)", self.conversation_id, exc)
         finally:
@@ -277,10 +272,11 @@ class Generation:
             # A process with CPU to spare sends every chunk as it comes; a busy one coalesces.
             window = settings.CHAT_DELTA_WINDOW_SECONDS if len(running) >= COALESCE_FROM_GENERATIONS else 0.0
             # Leading edge: a delta after a quiet spell goes at once; the ones that
-            # follow within the window go together at its end, as one delta.
-            wait = self._published_at + window - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            # follow within the window go together at its end, as one delta. The
+            # windows end on one clock for the whole process (multiples of the
+            # window), so its generations' deltas reach the log in one batch.
+            if window and time.monotonic() - self._published_at < window:
+                await _window_end(int(self._published_at // window) + 1, window)
             self._published_at = time.monotonic()
             content = "".join(c for c, _ in self._pending)
             reasoning = "".join(r for _, r in self._pending)
@@ -453,6 +449,28 @@ class Generation:
                 await layer.group_discard(group, channel)
             except Exception:
                 pass
+
+
+# The ends of delta windows some generation of this process waits for: (loop, index) -> its future.
+_window_ends: dict[tuple[asyncio.AbstractEventLoop, int], asyncio.Future] = {}
+
+
+async def _window_end(index: int, window: float) -> None:
+    """Wait until ``index * window`` on the monotonic clock: one timer for every generation waiting for it."""
+    loop = asyncio.get_running_loop()
+    key = (loop, index)
+    end = _window_ends.get(key)
+    if end is None:
+        end = _window_ends[key] = loop.create_future()
+        loop.call_at(index * window, _window_ended, key)
+    # Shielded: a generation stopped while it waits leaves the others' wait alone.
+    await asyncio.shield(end)
+
+
+def _window_ended(key) -> None:
+    end = _window_ends.pop(key)
+    if not end.done():
+        end.set_result(None)
 
 
 class CheckpointWriter:

@@ -7,26 +7,71 @@ the people it concerns (``GET /api/events/``: their conversation lists).
 Imports only the fan-out below it.
 """
 
+import asyncio
 import logging
+import os
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 
 from . import fanout
 from .events import CONVERSATION_ADDED, CONVERSATION_DELETED, CONVERSATION_REMOVED, CONVERSATION_UPDATED, dumps
 
 logger = logging.getLogger(__name__)
 
+# Publications handed to the event loop by ``_publish_after_commit(wait=False)``, kept referenced until done.
+_handed_over: set[asyncio.Task] = set()
 
-def _publish_after_commit(what: str, publish_call, *args, **kwargs) -> None:
+
+def _publish_after_commit(what: str, publish_call, *args, wait: bool = True, **kwargs) -> None:
     """Run the coroutine function ``publish_call`` from sync code after its write committed.
 
     A failure is logged, never raised: the write stands, and streams that
     missed the event catch up through their periodic re-check or ``resync``.
+    ``wait=False`` on an ORM thread of an event loop (``sync_to_async``,
+    ``chat.db.adb``): the publication is handed to that loop, which runs it
+    after this call returns, and this thread goes on at once instead of
+    waiting for the store (a message post's store hop). Elsewhere it waits.
     """
+    loop = None if wait else _caller_loop()
+    if loop is not None:
+        try:
+            loop.call_soon_threadsafe(_hand_over, what, publish_call, args, kwargs)
+            return
+        except RuntimeError:
+            pass  # the loop closed meanwhile: publish from here
     try:
         async_to_sync(publish_call)(*args, **kwargs)
     except Exception as exc:
-        logger.warning("%s not published (%s); open streams catch up on their next check", what, exc)
+        _not_published(what, exc)
+
+
+def _not_published(what: str, exc: BaseException) -> None:
+    logger.warning("%s not published (%s); open streams catch up on their next check", what, exc)
+
+
+def _caller_loop() -> asyncio.AbstractEventLoop | None:
+    """The running event loop whose ``sync_to_async`` call this thread is serving, if any."""
+    try:
+        asyncio.get_running_loop()
+        return None  # on a loop's own thread: async_to_sync refuses; nothing to hand over to
+    except RuntimeError:
+        pass
+    if getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) != os.getpid():
+        return None
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    return loop if loop is not None and loop.is_running() else None
+
+
+def _hand_over(what: str, publish_call, args, kwargs) -> None:
+    """On the loop: run the publication in a task, a failure logged."""
+    task = asyncio.get_running_loop().create_task(publish_call(*args, **kwargs), name=what)
+    _handed_over.add(task)
+    task.add_done_callback(lambda done: _handed_over.discard(done) or _task_done(what, done))
+
+
+def _task_done(what: str, task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _not_published(what, task.exception())
 
 
 async def _to_logs(conversation_event: tuple | None, user_events: list[tuple]) -> None:
@@ -59,7 +104,8 @@ def conversation_touched(*, conversation: dict, user_ids) -> None:
     """
     data = dumps(conversation)
     user_events = [(user_id, CONVERSATION_UPDATED, data) for user_id in user_ids]
-    _publish_after_commit("conversation.updated", _to_logs, None, user_events)
+    # Handed to the post's event loop: the store's ORM thread does not wait for Redis.
+    _publish_after_commit("conversation.updated", _to_logs, None, user_events, wait=False)
 
 
 def conversation_added(*, conversation: dict, user_ids) -> None:

@@ -97,6 +97,18 @@ class EventLog:
         """
         return [(await self.append(key, event_type, data))[0] for key, event_type, data in items]
 
+    async def append_batch(self, conversation_id: str, appends: list[tuple]) -> list[tuple[Event, bool]]:
+        """Log ``(event_type, data, change, message_id, final)`` items on one conversation's log, in order.
+
+        Each is logged and published as ``append`` does; returns their
+        ``(event, state_lost)``. The Redis log sends them in one round trip
+        (the two ``message.created`` of a post).
+        """
+        return [
+            await self.append(conversation_id, event_type, data, change, message_id=message_id, final=final)
+            for event_type, data, change, message_id, final in appends
+        ]
+
     def live(self, deliver: Deliver, resume: Callable[[], None]) -> LiveEvents:
         """The running event loop's subscription to live events (see ``LiveEvents``)."""
         raise NotImplementedError

@@ -12,6 +12,7 @@ from pathlib import Path
 from django.conf import settings
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import NoScriptError
 
 from ..events import PRESENCE, Event
 from .base import KEY_TTL_MS, ZERO, EventLog, LiveEvents, StreamingState
@@ -28,7 +29,12 @@ _STREAM_OPEN = (_HERE / "stream_open.lua").read_text()
 
 
 class RedisEventLog(EventLog):
-    """The log in Redis: appending is one script call that also publishes the event."""
+    """The log in Redis: appending is one script call that also publishes the event.
+
+    The appends an event loop makes in one pass (the deltas of its
+    generations whose windows end together) go to Redis together, as one
+    pipeline of script calls: one write and one read for all of them.
+    """
 
     prefix = "chat:"
 
@@ -54,6 +60,8 @@ class RedisEventLog(EventLog):
             client._presence = client.register_script(_PRESENCE)
             # Names this loop's own publications, which its subscription skips (see append).
             client._origin = uuid.uuid4().hex[:16]
+            # Appends waiting for this loop pass's batch: (keys, args, future).
+            client._appends = []
             self._clients[loop] = client
         return client
 
@@ -68,30 +76,101 @@ class RedisEventLog(EventLog):
         base = f"{self.prefix}msg:{message_id}"
         return f"{base}:state", f"{base}:content", f"{base}:reasoning"
 
-    def _append_call(self, client, conversation_id, event_type, data, change=None, message_id=None, final=False):
+    def _append_keys_args(self, conversation_id, event_type, data, change=None, message_id=None, final=False):
+        """The keys and arguments of append.lua for one event."""
         keys = [*self._conv_keys(conversation_id), *self._msg_keys(change.message_id if change else "none")]
         args = [event_type, data, settings.CHAT_EVENT_RETENTION_SECONDS * 1000, KEY_TTL_MS]
         if change is None:
             args += ["", "", 0, "", "", ""]
         else:
             args += [change.op, change.message_id, change.seq, change.content, change.reasoning, change.message]
-        own = self.redis  # this loop's client, whose scripts a pipeline of it runs too
-        args += [message_id or "", "1" if final else "", self._live_channel(conversation_id), own._origin]
-        return own._append(keys=keys, args=args, client=client)
+        args += [message_id or "", "1" if final else "", self._live_channel(conversation_id), self.redis._origin]
+        return keys, args
+
+    async def _run_scripts(self, script, calls: list[tuple[list, list]]) -> list:
+        """``script`` with each ``(keys, args)`` of ``calls``, in order, in one round trip; their results.
+
+        A pipeline of EVALSHA (redis-py's own script pipelines ask SCRIPT
+        EXISTS first: a second round trip every time); a script Redis lost
+        (it restarted) is loaded and the calls it refused run again, in order.
+        Raises the first error.
+        """
+        client = self.redis
+        results: list = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(2):
+            async with client.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    keys, args = calls[i]
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                answers = await pipe.execute(raise_on_error=False)
+            for i, answer in zip(todo, answers, strict=True):
+                results[i] = answer
+            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+            if not todo:
+                break
+            script.sha = await client.script_load(script.script)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
 
     async def append(self, conversation_id, event_type, data, change=None, *, message_id=None, final=False):
-        event_id, prev, lost = await self._append_call(
-            self.redis, conversation_id, event_type, data, change, message_id, final
+        client = self.redis
+        future = asyncio.get_running_loop().create_future()
+        client._appends.append(
+            (*self._append_keys_args(conversation_id, event_type, data, change, message_id, final), future)
         )
+        if len(client._appends) == 1:
+            # The first of this loop pass: the batch goes once the pass's other callbacks have added theirs.
+            asyncio.get_running_loop().call_soon(self._send_appends, client)
+        event_id, prev, lost = await future
         return Event(event_id, event_type, data, prev, message_id, final, conversation_id), bool(lost)
+
+    def _send_appends(self, client) -> None:
+        batch, client._appends = client._appends, []
+        task = asyncio.get_running_loop().create_task(self._appends_sent(client, batch))
+        _sending.add(task)
+        task.add_done_callback(_sending.discard)
+
+    async def _appends_sent(self, client, batch) -> None:
+        try:
+            if len(batch) == 1:
+                keys, args, _ = batch[0]
+                results = [await client._append(keys=keys, args=args, client=client)]
+            else:
+                results = await self._run_scripts(client._append, [(keys, args) for keys, args, _ in batch])
+        except Exception as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:
+            for *_, future in batch:
+                future.cancel()
+            raise
+        for (*_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def append_batch(self, conversation_id, appends):
+        if not appends:
+            return []
+        calls = [
+            self._append_keys_args(conversation_id, event_type, data, change, message_id, final)
+            for event_type, data, change, message_id, final in appends
+        ]
+        results = await self._run_scripts(self.redis._append, calls)
+        return [
+            (Event(event_id, event_type, data, prev, message_id, final, conversation_id), bool(lost))
+            for (event_type, data, _, message_id, final), (event_id, prev, lost) in zip(appends, results, strict=True)
+        ]
 
     async def append_many(self, items):
         if not items:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, event_type, data in items:
-                await self._append_call(pipe, key, event_type, data)
-            results = await pipe.execute()
+        calls = [self._append_keys_args(key, event_type, data) for key, event_type, data in items]
+        results = await self._run_scripts(self.redis._append, calls)
         return [
             Event(event_id, event_type, data, prev, None, False, key)
             for (key, event_type, data), (event_id, prev, _) in zip(items, results, strict=True)
@@ -218,6 +297,10 @@ class RedisEventLog(EventLog):
         announced = results[2 * len(slots) :]
         events = [self._announced(cid, result) for (cid, _), result in zip(presence, announced, strict=True)]
         return [event for event in events if event is not None]
+
+
+# Batches of appends on their way to Redis, kept referenced until sent.
+_sending: set[asyncio.Task] = set()
 
 
 class _PubSub(PubSub):
