@@ -9,7 +9,7 @@ is announced as an event appended to the conversation's log (so it crosses
 processes, has an id, is ordered and resumable), and only when the viewers
 differ from the last ones announced: ``EventLog.presence_announce`` compares
 and appends in one atomic step. Changes in this process are coalesced
-(``COALESCE_SECONDS``): a burst of tabs opening makes a handful of events.
+(``CHAT_PRESENCE_COALESCE_SECONDS``, 0.3 s): a burst of tabs opening makes a handful of events.
 The process's hub (``chat.fanout``) owns one, and gives it the event log.
 """
 
@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from .events import Event
+from django.conf import settings
 
-# Changes within this window after the first go out as one announcement (well inside the contract's 2 s).
-COALESCE_SECONDS = 0.3
+from .events import Event
 
 
 def presence_ttl(heartbeat_seconds: float) -> float:
@@ -74,7 +73,9 @@ class Presence:
     def _changed(self, conversation_id: str) -> None:
         self.changed.add(conversation_id)
         if self.flush_at is None:
-            self.flush_at = asyncio.get_running_loop().call_later(COALESCE_SECONDS, self._flush_soon)
+            self.flush_at = asyncio.get_running_loop().call_later(
+                settings.CHAT_PRESENCE_COALESCE_SECONDS, self._flush_soon
+            )
 
     def _flush_soon(self) -> None:
         self.flush_at = None

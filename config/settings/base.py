@@ -358,6 +358,9 @@ CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=32_000)
 CHAT_EVENT_RETENTION_SECONDS = env.int("CHAT_EVENT_RETENTION_SECONDS", default=900)
 # A comment line goes out on every event stream at least this often.
 CHAT_HEARTBEAT_SECONDS = env.float("CHAT_HEARTBEAT_SECONDS", default=15.0)
+# Presence changes within this many seconds after the first go out as one
+# announcement (the contract's bound for a change to reach viewers is 2 s).
+CHAT_PRESENCE_COALESCE_SECONDS = min(max(env.float("CHAT_PRESENCE_COALESCE_SECONDS", default=0.3), 0.0), 1.5)
 # An event stream whose client leaves more than this many bytes unread in
 # this process is cut off (it resumes with Last-Event-ID); 0 = no budget.
 CHAT_VIEWER_MAX_PENDING_BYTES = env.int("CHAT_VIEWER_MAX_PENDING_BYTES", default=4_194_304)  # 4 MiB

@@ -24,6 +24,9 @@ log = test_eventlog.log
 HEARTBEAT = 2
 # The contract's bound for a change to reach the other viewers.
 WITHIN = 2.0
+# A wider coalescing window than the default 0.3 s, still inside WITHIN: a loaded machine opening the burst's
+# tabs slowly still has several in each window (with 0.3 s and load 17, one run saw 9 announcements for 16).
+COALESCE = 1.0
 CROWD = [f"p{n:02d}" for n in range(16)]
 
 
@@ -159,7 +162,10 @@ def shared(owner, *usernames):
 def servers(redis_server):
     from tests.servers import Stack
 
-    stack = Stack(redis_url=redis_server.url, extra_env={"CHAT_HEARTBEAT_SECONDS": str(HEARTBEAT)})
+    stack = Stack(
+        redis_url=redis_server.url,
+        extra_env={"CHAT_HEARTBEAT_SECONDS": str(HEARTBEAT), "CHAT_PRESENCE_COALESCE_SECONDS": str(COALESCE)},
+    )
     stack.setup(usernames=("olivia", "max", *CROWD))
     a, b = stack.start_server(), stack.start_server()
     yield stack, a, b
@@ -251,7 +257,8 @@ def test_a_burst_of_people_makes_a_handful_of_announcements(servers):
     everyone = sorted(["olivia", *CROWD])
     wait_viewers(alice_tab, cid, everyone, after=start)
     announcements = [e for e in alice_tab.events[start:] if e.type == "presence"]
-    # One per person would be 16; coalescing (and comparing with the last announced) makes a handful.
+    # One per person would be 16 (17 measured with no window); coalescing (and comparing with the last
+    # announced) makes a handful.
     assert len(announcements) <= len(CROWD) // 2, [e.data["viewers"] for e in announcements]
     for viewer in viewers:
         viewer.close()
@@ -261,7 +268,10 @@ def test_a_burst_of_people_makes_a_handful_of_announcements(servers):
 
 @pytest.mark.processes
 def test_kill_9_of_the_process_holding_a_viewer_drops_it_within_the_heartbeat(redis_server, stack_factory):
-    stack = stack_factory(redis_url=redis_server.url, extra_env={"CHAT_HEARTBEAT_SECONDS": str(HEARTBEAT)}).setup()
+    stack = stack_factory(
+        redis_url=redis_server.url,
+        extra_env={"CHAT_HEARTBEAT_SECONDS": str(HEARTBEAT), "CHAT_PRESENCE_COALESCE_SECONDS": str(COALESCE)},
+    ).setup()
     a, b = stack.start_server(), stack.start_server()
     alice = login(a, "olivia")
     conversation = shared(alice, "max")
