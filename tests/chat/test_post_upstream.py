@@ -68,7 +68,16 @@ def in_thread(call):
 
 
 def requests_for(fake_provider, content: str) -> list[dict]:
-    return [r for r in fake_provider.requests() if r["body"] and r["body"]["messages"][-1]["content"] == content]
+    """The OpenAI-style requests whose last message is ``content``.
+
+    The fake provider is shared by the worker's tests: other bodies (DashScope's ``input``, malformed ones) pass.
+    """
+    found = []
+    for request in fake_provider.requests():
+        messages = (request["body"] or {}).get("messages") if isinstance(request["body"], dict) else None
+        if messages and messages[-1].get("content") == content:
+            found.append(request)
+    return found
 
 
 def test_the_upstream_request_goes_out_while_the_messages_are_stored(server, fake_provider):
