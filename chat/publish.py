@@ -126,6 +126,26 @@ def conversation_deleted(*, conversation_id, user_ids=()) -> None:
     _publish_after_commit("conversation.deleted", _to_logs, conversation_event, _removed(conversation_id, user_ids))
 
 
+def conversations_purged(*, people: dict) -> None:
+    """The retention purge deleted these conversations for good; never raises.
+
+    ``people``: conversation id -> the users who could see it (owner and
+    members). Each conversation's open streams end (``conversation.deleted``)
+    and those users get ``conversation.removed`` on their own streams, all
+    in one round trip.
+    """
+    if people:
+        _publish_after_commit("conversations purged", _purged_to_logs, people)
+
+
+async def _purged_to_logs(people: dict) -> None:
+    for conversation_id in people:
+        await fanout.publish(str(conversation_id), CONVERSATION_DELETED, dumps({"id": str(conversation_id)}))
+    user_events = [event for cid, user_ids in people.items() for event in _removed(cid, user_ids)]
+    if user_events:
+        await fanout.publish_to_users(user_events)
+
+
 def _removed(conversation_id: str, user_ids) -> list[tuple]:
     data = dumps({"id": str(conversation_id)})
     return [(user_id, CONVERSATION_REMOVED, data) for user_id in user_ids]

@@ -343,6 +343,9 @@ def conversation_purge_expired(*, now=None, dry_run: bool = False) -> PurgeResul
     rule never expires anything). Their messages go with them; the usage
     ledger (no foreign keys) stays. Writes one ``purged`` audit row with the
     counts per run, even when nothing expired; a dry run writes nothing.
+    After the commit, an inactive conversation's open streams end and its
+    owner and members get ``conversation.removed`` (a deleted one's did when
+    it was deleted).
     """
     now = now or timezone.now()
     deleted_before = None
@@ -360,16 +363,27 @@ def conversation_purge_expired(*, now=None, dry_run: bool = False) -> PurgeResul
         .exclude(Exists(streaming))
         .select_for_update(of=("self",))
         .annotate(held=_legal_hold_q())
-        .values_list("pk", "deleted_at", "held")
+        .values_list("pk", "deleted_at", "held", "owner_id")
     )
     deleted_ids, inactive_ids, held = [], [], 0
-    for pk, deleted_at, is_held in rows:
+    # Who still sees an inactive conversation (owner and members): told it is gone once the purge commits.
+    people = {}
+    for pk, deleted_at, is_held, owner_id in rows:
         if is_held:
             held += 1
         elif deleted_before is not None and deleted_at is not None and deleted_at < deleted_before:
             deleted_ids.append(pk)
         else:
             inactive_ids.append(pk)
+            if deleted_at is None:
+                people[pk] = [owner_id]
+    members, seen_by = Conversation.members.through.objects, [] if dry_run else list(people)
+    for start in range(0, len(seen_by), PURGE_BATCH):
+        batch = seen_by[start : start + PURGE_BATCH]
+        for conversation_id, user_id in members.filter(conversation_id__in=batch).values_list(
+            "conversation_id", "user_id"
+        ):
+            people[conversation_id].append(user_id)
     ids, messages = [*deleted_ids, *inactive_ids], 0
     # In batches: a first run on an old database may expire more rows than a query takes parameters.
     for start in range(0, len(ids), PURGE_BATCH):
@@ -380,6 +394,7 @@ def conversation_purge_expired(*, now=None, dry_run: bool = False) -> PurgeResul
             messages += batch.delete()[1].get(Message._meta.label, 0)
     result = PurgeResult(deleted_ids, inactive_ids, held, messages, dry_run)
     if not dry_run:
+        transaction.on_commit(lambda: publish.conversations_purged(people=people))
         audit_record(
             actor=None,
             action=AuditEntry.Action.PURGED,

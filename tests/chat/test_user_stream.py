@@ -151,6 +151,42 @@ def test_an_admin_restore_gives_the_conversation_back_to_owner_and_members(serve
         viewer.close()
 
 
+def test_the_retention_purge_removes_an_inactive_conversation_from_everyone_watching(servers):
+    """The purge runs in another process (purge_expired, here a manage.py shell): lists and open streams hear it."""
+    stack, a, b = servers
+    alice = login(a, "olivia")
+    stale, fresh = create(alice, title="stale"), create(alice, title="fresh")
+    share(alice, stale, "otto")
+    streams = [watch(login(b, "olivia")), watch(login(a, "otto"))]
+    conversation_stream = start_viewer(
+        login(b, "otto"), f"/api/conversations/{stale['id']}/events/", until=lambda e: False
+    )
+    assert conversation_stream.status == 200
+    stack.manage(
+        "shell",
+        "-c",
+        "from datetime import timedelta\nfrom django.conf import settings\nfrom django.utils import timezone\n"
+        "from chat import services\nfrom chat.models import Conversation\n"
+        "settings.CHAT_RETENTION_DAYS = 30\n"
+        f"Conversation.objects.filter(pk='{stale['id']}').update(updated_at=timezone.now() - timedelta(days=31))\n"
+        "print(services.conversation_purge_expired().counts)",
+    )
+    for viewer in streams:
+        assert viewer.wait_for(of_type("conversation.removed", id=stale["id"]), timeout=5).data == {"id": stale["id"]}
+    revoked = conversation_stream.wait_for(lambda e: e.type == "access.revoked", timeout=5)
+    assert revoked.data == {"reason": "deleted"}
+    assert alice.get(f"/api/conversations/{stale['id']}/").status_code == 404
+    # Nothing about the conversation still in use.
+    assert not [
+        e
+        for viewer in streams
+        for e in viewer.events
+        if e.data.get("id") == fresh["id"] and e.type != "conversation.added"
+    ]
+    for viewer in (*streams, conversation_stream):
+        viewer.close()
+
+
 def test_reconnecting_with_last_event_id_replays_exactly_what_was_missed(servers):
     _, a, b = servers
     alice = login(a, "olivia")
