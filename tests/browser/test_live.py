@@ -161,6 +161,74 @@ def test_a_share_on_one_process_shows_up_on_the_other_at_once_with_a_toast_and_a
     expect(link).to_have_count(0)
 
 
+def test_unread_marks_outlive_a_reload_and_go_from_every_tab_when_one_opens_the_conversation(team, browsers):
+    """What this browser last showed of each conversation is kept (localStorage, per person)."""
+    known = team.conversation("alice", "Known before", members=("carol",))
+    context, page = browsers.context(team.url(team.a), "carol")
+    page.goto("/")
+    page.wait_for_function("() => window.chatApp !== undefined")
+
+    def link(tab, conversation):
+        return tab.locator(f"a.conversation-link[data-id='{conversation['id']}']")
+
+    unread = re.compile(r"\bis-unread\b")
+    # A first visit: what is there already is not news.
+    expect(link(page, known)).to_have_count(1)
+    expect(link(page, known)).not_to_have_class(unread)
+    shared = team.conversation("alice", "Shared later", members=("carol",))
+    expect(link(page, shared)).to_have_class(unread)
+
+    page.reload()
+    page.wait_for_function("() => window.chatApp !== undefined")
+    expect(link(page, shared)).to_have_class(unread)
+    expect(link(page, known)).not_to_have_class(unread)
+
+    # Opened in another tab: the mark goes here too.
+    other = browsers.tab(context, f"/c/{shared['id']}/")
+    expect(other.locator("#conversation-title")).to_have_text("Shared later")
+    expect(link(page, shared)).not_to_have_class(unread)
+
+    # Changed while no tab was open: marked when the app opens again.
+    page.close()
+    other.close()
+    renamed = team.api("alice").patch(f"/api/conversations/{known['id']}/", json={"title": "Renamed meanwhile"})
+    assert renamed.status_code == 200, renamed.text
+    again = browsers.tab(context, "/")
+    expect(link(again, known)).to_contain_text("Renamed meanwhile")
+    expect(link(again, known)).to_have_class(unread)
+    expect(link(again, shared)).not_to_have_class(unread)
+
+
+def test_a_list_read_that_crosses_a_share_does_not_hide_the_shared_conversation(team, browsers):
+    """After a reconnection the list is read again; a share heard meanwhile must not be undone by the older list."""
+    context, page = browsers.context(team.url(team.b), "bob")
+    page.goto("/")
+    page.wait_for_function("() => window.chatApp !== undefined")
+    held = []
+
+    def hold_first_read(route):
+        if route.request.method != "GET" or held:
+            route.continue_()
+            return
+        held.append((route, route.fetch()))  # read now, answered later: older than the share below
+
+    page.route("**/api/conversations/", hold_first_read)
+    context.set_offline(True)
+    context.set_offline(False)
+    for _ in range(300):  # Playwright runs the route's handler only while this thread is in one of its calls
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the list was not read again after reconnecting"
+    shared = team.conversation("alice", "Shared while reading", members=("bob",))
+    link = page.locator(f"a.conversation-link[data-id='{shared['id']}']")
+    expect(link).to_have_count(1)
+    route, response = held[0]
+    route.fulfill(response=response)
+    expect(link).to_have_count(1)
+    expect(link).to_have_class(re.compile(r"\bis-unread\b"))
+
+
 def test_a_second_tab_opened_mid_reply_picks_the_reply_up_from_the_shared_stream(team, browsers):
     """The browser's stream already carries the conversation: the new tab asks for its snapshot, and no text is lost."""
     conversation = team.conversation("carol", "Second tab")

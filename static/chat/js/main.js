@@ -158,6 +158,7 @@ class App {
     // Conversations shared with me appear at once: the user's own event stream (contract v2).
     this.toasts = new Toasts($("toasts"));
     this.streamState = null;
+    this.userEventsHeard = 0;
     live.user({
       onEvent: (type, data) => this.userEvent(type, data),
       onState: (state) => this.userStreamState(state),
@@ -168,6 +169,7 @@ class App {
   // --- the user's own events ------------------------------------------------------
 
   userEvent(type, data) {
+    this.userEventsHeard += 1;
     if (type === EVENTS.CONVERSATION_ADDED) {
       this.sidebar.upsert(data, { markNews: true });
       if (!this.conversation) this.showWelcome();
@@ -260,8 +262,14 @@ class App {
 
   async refreshList() {
     try {
-      const { conversations } = await api("GET", urls.conversations());
-      this.sidebar.setConversations(conversations, { markNews: true });
+      let conversations;
+      // A list read while an event came may be older than the event (a share just shown would vanish): read again.
+      for (let tries = 0; tries < 3; tries += 1) {
+        const heard = this.userEventsHeard;
+        ({ conversations } = await api("GET", urls.conversations()));
+        if (heard === this.userEventsHeard) break;
+      }
+      this.sidebar.setConversations(conversations);
       if (!this.conversation) this.showWelcome();
     } catch {
       // The next refresh tries again; the open conversation has its own stream.

@@ -1,7 +1,10 @@
 // The list of conversations (owned and shared), newest first; typing searches titles and message text.
 //
-// The user's event stream keeps it current (main.js): a conversation updated
-// while this tab is not showing it carries an unread mark until it is opened.
+// The user's event stream keeps it current (main.js). A conversation shared
+// or updated since this browser last showed it carries an unread mark until
+// it is opened: what was last shown of each (its ``updated_at``) is kept in
+// localStorage per person (``SeenStore``), so the marks outlive a reload and
+// opening a conversation in one tab clears its mark in the others.
 //
 // Titles are filtered at once, here; the server's answer (titles and message
 // text, with a snippet) follows, debounced, and comes first in the list.
@@ -23,6 +26,66 @@ function relativeTime(iso) {
   return date.toLocaleDateString(undefined, { month: "short", day: "numeric" });
 }
 
+/** The ``updated_at`` of each conversation when this browser last showed it, in localStorage (memory if refused). */
+class SeenStore {
+  constructor(username) {
+    this.key = `chat.seen.${username}`;
+    this.map = this.read(); // null: this browser never kept anything for this person
+  }
+
+  read() {
+    try {
+      const value = JSON.parse(localStorage.getItem(this.key));
+      return value && typeof value === "object" && !Array.isArray(value) ? value : null;
+    } catch {
+      return null;
+    }
+  }
+
+  write() {
+    try {
+      localStorage.setItem(this.key, JSON.stringify(this.map));
+    } catch {
+      // Storage refused (full, private mode): the marks last as long as this page.
+    }
+  }
+
+  /** Whether ``conversation`` changed (or arrived) since it was last shown here. */
+  isNews(conversation) {
+    if (this.map === null) return false;
+    const seen = this.map[conversation.id];
+    return seen === undefined || conversation.updated_at > seen;
+  }
+
+  /** ``conversation`` is on screen: what it is now has been seen. */
+  saw(conversation) {
+    this.map = this.map || {};
+    if (this.map[conversation.id] !== undefined && this.map[conversation.id] >= conversation.updated_at) return;
+    this.map[conversation.id] = conversation.updated_at;
+    this.write();
+  }
+
+  /** The list as it is now: the first time, all of it counts as seen; entries for what left it go. */
+  listed(conversations) {
+    const first = this.map === null;
+    const kept = {};
+    for (const conversation of conversations) {
+      const seen = first ? conversation.updated_at : this.map[conversation.id];
+      if (seen !== undefined) kept[conversation.id] = seen;
+    }
+    if (first || Object.keys(kept).length !== Object.keys(this.map).length) {
+      this.map = kept;
+      this.write();
+    }
+  }
+
+  forget(conversationId) {
+    if (!this.map || this.map[conversationId] === undefined) return;
+    delete this.map[conversationId];
+    this.write();
+  }
+}
+
 export class Sidebar {
   constructor({ list, filter, empty, noMatch, toggle }, { currentUser, onSelect }) {
     this.list = list;
@@ -34,7 +97,18 @@ export class Sidebar {
     this.onSelect = onSelect;
     this.conversations = [];
     this.activeId = null;
-    this.unread = new Set(); // conversations with news this tab has not shown
+    this.unread = new Set(); // conversations with news this browser has not shown
+    this.seen = new SeenStore(currentUser);
+    // Another tab showed a conversation (or this person's list changed there): its mark goes here too.
+    window.addEventListener("storage", (event) => {
+      if (event.key !== this.seen.key) return;
+      this.seen.map = this.seen.read();
+      for (const id of [...this.unread]) {
+        const conversation = this.conversations.find((c) => c.id === id);
+        if (!conversation || !this.seen.isNews(conversation)) this.unread.delete(id);
+      }
+      this.render();
+    });
     this.drawn = false;
     this.found = null; // the server's results for ``foundQuery``
     this.foundQuery = "";
@@ -62,9 +136,12 @@ export class Sidebar {
     return this.conversations.length === 0;
   }
 
-  /** The list as the server has it now; with ``markNews``, what moved since this tab last knew gets a mark. */
-  setConversations(conversations, { markNews = false } = {}) {
-    if (markNews) for (const conversation of conversations) this.markIfNews(conversation);
+  /** The list as the server has it now: what changed since this browser last showed it is marked. */
+  setConversations(conversations) {
+    this.seen.listed(conversations);
+    const listed = new Set(conversations.map((c) => c.id));
+    for (const id of [...this.unread]) if (!listed.has(id)) this.unread.delete(id);
+    for (const conversation of conversations) this.markIfNews(conversation);
     // A refresh that changes nothing must not redraw (and steal keyboard focus from) the list.
     if (this.drawn && JSON.stringify(conversations) === JSON.stringify(this.conversations)) return;
     this.conversations = [...conversations];
@@ -74,27 +151,30 @@ export class Sidebar {
   /** Add or replace one conversation; the list stays most recently updated first. With ``markNews``, as above. */
   upsert(conversation, { markNews = false } = {}) {
     if (markNews) this.markIfNews(conversation);
+    else if (conversation.id === this.activeId) this.seen.saw(conversation);
     const others = this.conversations.filter((c) => c.id !== conversation.id);
     this.conversations = [conversation, ...others].sort((a, b) => (a.updated_at < b.updated_at ? 1 : -1));
     this.render();
   }
 
-  /** Mark ``conversation`` unread if it is new to this list or updated since, and not the one shown. */
+  /** The one shown is seen as it is now; another is marked if it changed since this browser showed it. */
   markIfNews(conversation) {
-    if (conversation.id === this.activeId) return;
-    const known = this.conversations.find((c) => c.id === conversation.id);
-    if (!known || conversation.updated_at > known.updated_at) this.unread.add(conversation.id);
+    if (conversation.id === this.activeId) this.seen.saw(conversation);
+    else if (this.seen.isNews(conversation)) this.unread.add(conversation.id);
   }
 
   remove(conversationId) {
     this.conversations = this.conversations.filter((c) => c.id !== conversationId);
     this.unread.delete(conversationId);
+    this.seen.forget(conversationId);
     this.render();
   }
 
   setActive(conversationId) {
     this.activeId = conversationId;
     this.unread.delete(conversationId);
+    const conversation = this.conversations.find((c) => c.id === conversationId);
+    if (conversation) this.seen.saw(conversation);
     this.render();
   }
 
