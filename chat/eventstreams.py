@@ -77,10 +77,13 @@ class StreamAccess:
             return REVOKED_SIGNED_OUT if check.ended_session == self.session_key else None
         return await self.lost()
 
-    async def lost_many(self, conversation_ids) -> tuple[str | None, dict[str, str]]:
-        """Why the whole stream must end (None: it may go on), and the reason per conversation it may no longer read."""
+    async def lost_many(self, conversation_ids, *, followed=False) -> tuple[str | None, dict[str, str]]:
+        """Why the whole stream must end (None: it may go on), and the reason per conversation it may no longer read.
+
+        ``followed``: conversations the stream has been reading (see ``selectors.stream_access_lost_many``).
+        """
         return await selectors.astream_access_lost_many(
-            session_key=self.session_key, user_id=self.user_id, conversation_ids=conversation_ids
+            session_key=self.session_key, user_id=self.user_id, conversation_ids=conversation_ids, followed=followed
         )
 
 
@@ -554,7 +557,7 @@ async def _access_lost(position: Position, access, *, check=None, part=None) -> 
     if check is not None and check.ended_session is not None:
         return (REVOKED_SIGNED_OUT if check.ended_session == access.session_key else None), []
     ids = position.live_conversations() if part is None else [part.conversation_id]
-    reason, lost = await access.lost_many(ids)
+    reason, lost = await access.lost_many(ids, followed=True)
     return reason, [(position.by_log[conversation_id], why) for conversation_id, why in lost.items()]
 
 

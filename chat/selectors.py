@@ -246,14 +246,19 @@ def stream_access_lost(*, session_key: str | None, user_id, conversation_id=None
 astream_access_lost = adb(stream_access_lost)
 
 
-def stream_access_lost_many(*, session_key: str | None, user_id, conversation_ids) -> tuple[str | None, dict]:
+def stream_access_lost_many(
+    *, session_key: str | None, user_id, conversation_ids, followed: bool = False
+) -> tuple[str | None, dict]:
     """For a stream following several conversations: why it must end (None: it may go on), and per conversation
     it may no longer read, its ``access.revoked`` reason.
 
     The one visibility rule decides; a conversation not visible is
     ``deleted`` when it is kept deleted and the user owns it or was a member,
     else ``removed``: a listed id never tells whether someone else's
-    conversation exists. 2 to 4 queries.
+    conversation exists. ``followed``: the stream has been reading these
+    (each was visible), so one whose row is gone was purged and is
+    ``deleted``, as ``stream_access_lost`` says; that tells the user nothing
+    new. 2 to 4 queries.
     """
     user = _stream_user(session_key)
     if user is None or user.pk != user_id:
@@ -272,6 +277,9 @@ def stream_access_lost_many(*, session_key: str | None, user_id, conversation_id
         Q(owner_id=user.pk) | Exists(membership)
     )
     deleted = {str(pk) for pk in deleted.values_list("pk", flat=True)}
+    if followed:
+        kept = {str(pk) for pk in Conversation.objects.filter(pk__in=missing).values_list("pk", flat=True)}
+        deleted |= {c for c in missing if c not in kept}
     return None, {c: REVOKED_DELETED if c in deleted else REVOKED_REMOVED for c in missing}
 
 

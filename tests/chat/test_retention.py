@@ -93,6 +93,33 @@ def test_a_stream_of_a_soft_deleted_conversation_is_lost_as_deleted(client, owne
     assert lost == "deleted"
 
 
+@pytest.mark.django_db
+def test_a_purged_conversation_is_deleted_for_a_stream_that_followed_it_and_removed_for_a_mere_list(
+    client, owner, member, shared
+):
+    """Both re-checks agree on a row that is gone; an id only listed still tells nothing of whether it existed."""
+    client.force_login(member)
+    session_key = client.session.session_key
+    shared_id = str(shared.pk)
+    never = str(uuid.uuid4())
+
+    def lost_many(ids, followed):
+        return selectors.stream_access_lost_many(
+            session_key=session_key, user_id=member.pk, conversation_ids=ids, followed=followed
+        )
+
+    assert lost_many([shared_id, never], followed=False) == (None, {never: "removed"})
+    assert lost_many([shared_id], followed=True) == (None, {})
+    Conversation.objects.filter(pk=shared.pk).delete()  # as the purge leaves it
+    assert selectors.stream_access_lost(session_key=session_key, user_id=member.pk, conversation_id=shared.pk) == (
+        "deleted"
+    )
+    # The stream had been reading it: purged, so deleted, as the stream of that one conversation says.
+    assert lost_many([shared_id], followed=True) == (None, {shared_id: "deleted"})
+    # Listed when a stream opens: gone or never there read the same.
+    assert lost_many([shared_id, never], followed=False) == (None, {shared_id: "removed", never: "removed"})
+
+
 @pytest.fixture(scope="module")
 def servers(redis_server, fake_provider):
     from tests.servers import Stack
