@@ -182,6 +182,7 @@ def test_unread_marks_outlive_a_reload_and_go_from_every_tab_when_one_opens_the_
     page.wait_for_function("() => window.chatApp !== undefined")
     expect(link(page, shared)).to_have_class(unread)
     expect(link(page, known)).not_to_have_class(unread)
+    shot(page, "live-unread-after-reload")
 
     # Opened in another tab: the mark goes here too.
     other = browsers.tab(context, f"/c/{shared['id']}/")
