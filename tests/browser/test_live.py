@@ -22,6 +22,7 @@ from tests.browser.conftest import (
     send,
     wait_final,
     wait_partial,
+    wait_ready,
     words,
 )
 from tests.browser.pages import DESKTOP, LOOKS, Browsers, shot
@@ -196,6 +197,16 @@ def test_unread_marks_outlive_a_reload_and_go_from_every_tab_when_one_opens_the_
     assert renamed.status_code == 200, renamed.text
     again = browsers.tab(context, "/")
     expect(link(again, known)).to_contain_text("Renamed meanwhile")
+    expect(link(again, known)).to_have_class(unread)
+    expect(link(again, shared)).not_to_have_class(unread)
+
+    # A reply that ended while its conversation was on screen was seen (its end moved updated_at).
+    again.goto(f"/c/{shared['id']}/")
+    wait_ready(again)
+    send(again, "seen to the end")
+    wait_final(again)
+    again.goto("/")
+    wait_ready(again)
     expect(link(again, known)).to_have_class(unread)
     expect(link(again, shared)).not_to_have_class(unread)
 

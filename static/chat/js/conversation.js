@@ -286,7 +286,11 @@ export class OpenConversation {
     if (!message || message.conversation !== this.id) return;
     if (type === EVENTS.MESSAGE_SNAPSHOT) this.applySnapshot(message, data.seq);
     else if (type === EVENTS.MESSAGE_CREATED) this.applyCreated(message);
-    else if (FINAL_TYPES.has(type)) this.applyFinal(message);
+    else if (FINAL_TYPES.has(type)) {
+      this.applyFinal(message);
+      // Its end moved the conversation's updated_at to its completed_at: this tab saw that.
+      if (message.completed_at) this.hooks.onActivity(message.completed_at);
+    }
     this.relayoutIfGrown();
     this.streamingChanged();
   }

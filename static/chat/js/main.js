@@ -437,6 +437,7 @@ class App {
       onConnection: (state) => this.connectionChanged(state),
       onNewBranch: (message) => this.branchNotice(message),
       onMyReplyEnded: (message) => this.countUsage(message),
+      onActivity: (at) => this.conversationActive(data.id, at),
     });
     this.transcript.flush();
     this.transcriptChanged();
@@ -448,6 +449,12 @@ class App {
       history.pushState({ id: null }, "", urls.page(null));
       this.showWelcome();
     }
+  }
+
+  /** A reply in the open conversation ended at ``at``, which the server also made its ``updated_at``. */
+  conversationActive(id, at) {
+    if (!this.conversation || this.conversation.id !== id || !(at > this.conversation.updated_at)) return;
+    this.conversationUpdated({ ...this.conversation, updated_at: at });
   }
 
   conversationUpdated(conversation, { markNews = false } = {}) {
