@@ -241,6 +241,45 @@ def test_a_list_read_that_crosses_a_share_does_not_hide_the_shared_conversation(
     expect(link).to_have_class(re.compile(r"\bis-unread\b"))
 
 
+def test_over_sixteen_conversations_the_next_waits_until_one_is_closed(team, browsers):
+    """The server takes 16 conversations on one stream: the browser's 17th waits, then follows when one closes."""
+    conversations = [team.conversation("carol", f"Cap {i}")["id"] for i in range(17)]
+    context, page = browsers.context(team.url(team.b), "carol")
+    page.goto("/")
+    page.wait_for_function("() => window.chatApp !== undefined")
+    # The app's own live.js (the same URL, so the same module instance), as each open conversation uses it.
+    page.evaluate(
+        """async (ids) => {
+            const url = performance.getEntriesByType("resource").map((e) => e.name)
+                .find((name) => name.includes("/chat/js/live") && !name.includes("live-worker"));
+            const { live } = await import(url);
+            window.__states = {};
+            window.__events = {};
+            window.__handles = ids.map((id) => live.watch(id, {
+                onEvent: (type) => { (window.__events[id] = window.__events[id] || []).push(type); },
+                onState: (state) => { window.__states[id] = state; },
+            }));
+        }""",
+        conversations,
+    )
+
+    def states():
+        return page.evaluate("(ids) => ids.map((id) => window.__states[id] || '')", conversations)
+
+    page.wait_for_function("(ids) => ids.slice(0, 16).every((id) => window.__states[id] === 'open')", arg=conversations)
+    assert states()[16] == "waiting", states()
+    assert team.streams("carol") <= 2
+
+    page.evaluate("() => window.__handles[0].close()")
+    page.wait_for_function("(id) => window.__states[id] === 'open'", arg=conversations[16])
+    assert states()[0] == "closed"
+    # The 17th now gets its events: a message posted there reaches it.
+    posted = team.api("carol").post(f"/api/conversations/{conversations[16]}/messages/", json={"content": "in at last"})
+    assert posted.status_code == 202, posted.text
+    page.wait_for_function("(id) => (window.__events[id] || []).includes('message.completed')", arg=conversations[16])
+    assert team.streams("carol") <= 2
+
+
 def test_a_second_tab_opened_mid_reply_picks_the_reply_up_from_the_shared_stream(team, browsers):
     """The browser's stream already carries the conversation: the new tab asks for its snapshot, and no text is lost."""
     conversation = team.conversation("carol", "Second tab")
