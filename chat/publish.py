@@ -130,9 +130,9 @@ def conversations_purged(*, people: dict) -> None:
     """The retention purge deleted these conversations for good; never raises.
 
     ``people``: conversation id -> the users who could see it (owner and
-    members). Each conversation's open streams end (``conversation.deleted``)
-    and those users get ``conversation.removed`` on their own streams, all
-    in one round trip.
+    members). Each conversation's open streams end (``conversation.deleted``,
+    a round trip each), then those users get ``conversation.removed`` on
+    their own streams (one round trip for all).
     """
     if people:
         _publish_after_commit("conversations purged", _purged_to_logs, people)
