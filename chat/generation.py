@@ -534,7 +534,8 @@ def generation_request(*, conversation, model: str, history, accepted_at: float)
 
 
 async def generation_begin(generation: Generation, *, user_message, assistant_message) -> Generation:
-    """Run ``generation`` (``generation_request``) for the stored ``assistant_message``; as ``generation_start``."""
+    """Run ``generation`` (``generation_request``) for the stored ``assistant_message``; return once both messages
+    are announced."""
     generation.bind(assistant_message, user_message)
     generation.start()
     await generation.announced.wait()
@@ -542,7 +543,8 @@ async def generation_begin(generation: Generation, *, user_message, assistant_me
 
 
 async def generation_start(*, conversation, user_message, assistant_message, history, accepted_at: float) -> Generation:
-    """Start generating the assistant's reply in this process; return once both messages are announced.
+    """Start generating the assistant's reply, already stored, in this process; return once both messages are
+    announced: ``generation_request`` then ``generation_begin``, the path a post takes.
 
     The upstream request goes out first; meanwhile ``message.created`` is
     logged for each message (the assistant's records its streaming state),
@@ -550,16 +552,10 @@ async def generation_start(*, conversation, user_message, assistant_message, his
     regenerate (the reply follows an existing message). Never raises for
     Redis. Returns the running Generation.
     """
-    generation = Generation(
-        conversation=conversation,
-        message=assistant_message,
-        history=history,
-        accepted_at=accepted_at,
-        user_message=user_message,
+    generation = generation_request(
+        conversation=conversation, model=assistant_message.model, history=history, accepted_at=accepted_at
     )
-    generation.start()
-    await generation.announced.wait()
-    return generation
+    return await generation_begin(generation, user_message=user_message, assistant_message=assistant_message)
 
 
 async def generation_stop(*, message_id) -> None:
